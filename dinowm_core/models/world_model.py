@@ -1,0 +1,229 @@
+"""The DINO-WM world model (reference section 1): frozen encoder -> latent z -> ViT predictor -> decoder.
+
+Tensor conventions (as the reference):
+    obs = {"visual": (B, T, 3, H, W) in [-1, 1], "proprio": (B, T, Dp) normalized}
+    act = (B, T, frameskip * d) normalized, frameskip-concatenated
+    z   = (B, T, P', D): channel concat  -> P' = P,     D = Dv + Dp*rp + Da*ra  ([visual | proprio | action])
+                         token concat    -> P' = P + 2, D = Dv  (proprio token, then action token)
+
+Deliberate deviations (see docs/deviations.md): the frozen encoder stays in eval mode and runs without
+autograd; the token-concat variant works for any width (the embedders output the visual width); the
+predicted-frame decoder loss (logged only) is computed without autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from dinowm_core.config import Config
+from dinowm_core.models.embedders import Embedder
+
+Obs = dict[str, torch.Tensor]
+
+
+class WorldModel(nn.Module):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        encoder: nn.Module,
+        predictor: nn.Module | None,
+        decoder: nn.Module | None,
+        proprio_encoder: Embedder,
+        action_encoder: Embedder,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.predictor = predictor
+        self.decoder = decoder
+        self.proprio_encoder = proprio_encoder
+        self.action_encoder = action_encoder
+        self.num_hist = cfg.num_hist
+        self.num_pred = cfg.num_pred
+        self.concat = cfg.concat
+        self.visual_dim = int(encoder.emb_dim)
+        self.encoder_img_size = cfg.encoder_img_size
+        if self.concat == "channel":
+            self.proprio_dim = proprio_encoder.emb_dim * cfg.num_proprio_repeat
+            self.action_dim = action_encoder.emb_dim * cfg.num_action_repeat
+        else:
+            self.proprio_dim = self.action_dim = self.visual_dim
+        self.latent_loss_weight = cfg.decoder.latent_loss_weight
+        #: dataset statistics (action/proprio mean & std), saved as normalization.json with the checkpoint
+        self.normalization: dict[str, Any] | None = None
+
+    # ---- modes ----------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> WorldModel:
+        super().train(mode)
+        train_cfg = self.cfg.training
+        if not self.cfg.encoder.train:
+            self.encoder.eval()  # frozen: never in train mode (the reference flips it to train)
+        if self.predictor is not None and not train_cfg.train_predictor:
+            self.predictor.eval()
+        if self.decoder is not None and not train_cfg.train_decoder:
+            self.decoder.eval()
+        return self
+
+    @property
+    def emb_dim(self) -> int:
+        return self.visual_dim + (self.proprio_dim + self.action_dim if self.concat == "channel" else 0)
+
+    # ---- encoding -------------------------------------------------------------------------------
+    def encode_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual: (B, T, 3, H, W) in [-1, 1] -> (B, T, P, Dv)"""
+        b = visual.shape[0]
+        x = rearrange(visual, "b t c h w -> (b t) c h w")
+        if x.shape[-1] != self.encoder_img_size or x.shape[-2] != self.encoder_img_size:
+            # torchvision Resize(196) on tensors == antialiased bilinear interpolate (reference: 224 -> 196).
+            size = (self.encoder_img_size, self.encoder_img_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if self.cfg.encoder.train:
+            tokens = self.encoder(x)
+        else:
+            with torch.no_grad():
+                tokens = self.encoder(x)
+        return rearrange(tokens, "(b t) p d -> b t p d", b=b)
+
+    def encode_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        """proprio: (B, T, Dp_raw) -> (B, T, Dp_emb)"""
+        return self.proprio_encoder(proprio)
+
+    def encode_act(self, act: torch.Tensor) -> torch.Tensor:
+        """act: (B, T, f*d) -> (B, T, Da_emb)"""
+        return self.action_encoder(act)
+
+    def encode_obs(self, obs: Obs) -> Obs:
+        """-> {"visual": (B, T, P, Dv), "proprio": (B, T, Dp_emb)}"""
+        return {"visual": self.encode_visual(obs["visual"]), "proprio": self.encode_proprio(obs["proprio"])}
+
+    def combine(self, z_obs: Obs, act_emb: torch.Tensor) -> torch.Tensor:
+        """Join encoded obs (B, T, P, Dv) / (B, T, Dp) and action embeddings (B, T, Da) into z (B, T, P', D)."""
+        visual, proprio = z_obs["visual"], z_obs["proprio"]
+        p = visual.shape[2]
+        if self.concat == "channel":
+            prop = repeat(proprio, "b t d -> b t p (r d)", p=p, r=self.cfg.num_proprio_repeat)
+            acts = repeat(act_emb, "b t d -> b t p (r d)", p=p, r=self.cfg.num_action_repeat)
+            return torch.cat([visual, prop, acts], dim=-1)
+        return torch.cat([visual, proprio.unsqueeze(2), act_emb.unsqueeze(2)], dim=2)
+
+    def encode(self, obs: Obs, act: torch.Tensor) -> torch.Tensor:
+        """obs (B, T, ...), act (B, T, f*d) -> z (B, T, P', D)"""
+        return self.combine(self.encode_obs(obs), self.encode_act(act))
+
+    def separate(self, z: torch.Tensor) -> tuple[Obs, torch.Tensor]:
+        """z (B, T, P', D) -> ({"visual": (B, T, P, Dv), "proprio": (B, T, Dp)}, act_emb (B, T, Da))"""
+        if self.concat == "channel":
+            dp_raw = self.proprio_encoder.emb_dim
+            da_raw = self.action_encoder.emb_dim
+            visual = z[..., : -(self.proprio_dim + self.action_dim)]
+            proprio = z[:, :, 0, self.visual_dim : self.visual_dim + dp_raw]
+            act = z[:, :, 0, self.visual_dim + self.proprio_dim : self.visual_dim + self.proprio_dim + da_raw]
+            return {"visual": visual, "proprio": proprio}, act
+        return {"visual": z[:, :, :-2], "proprio": z[:, :, -2]}, z[:, :, -1]
+
+    def replace_actions(self, z: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Overwrite the action slot of z (B, T, P', D) with the embedding of act (B, T, f*d)."""
+        z_obs, _ = self.separate(z)
+        return self.combine(z_obs, self.encode_act(act))
+
+    # ---- prediction -----------------------------------------------------------------------------
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, T, P', D) with T <= num_hist -> next-frame predictions (B, T, P', D)"""
+        if self.predictor is None:
+            raise RuntimeError("this world model has no predictor")
+        t = z.shape[1]
+        out = self.predictor(rearrange(z, "b t p d -> b (t p) d"))
+        return rearrange(out, "b (t p) d -> b t p d", t=t)
+
+    @torch.no_grad()
+    def _no_grad_decode(self, z_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode_visual(z_visual)
+
+    def decode_visual(self, z_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_visual: (B, T, P, Dv) -> (images (B, T, 3, H, W), vq_loss ())"""
+        if self.decoder is None:
+            raise RuntimeError("this world model has no decoder")
+        b = z_visual.shape[0]
+        images, diff = self.decoder(z_visual)
+        return rearrange(images, "(b t) c h w -> b t c h w", b=b), diff
+
+    def decode(self, z: torch.Tensor) -> Obs:
+        """z: (B, T, P', D) -> {"visual": (B, T, 3, H, W), "proprio": (B, T, Dp) embedding passed through}"""
+        z_obs, _ = self.separate(z)
+        images, _ = self.decode_visual(z_obs["visual"])
+        return {"visual": images, "proprio": z_obs["proprio"]}
+
+    # ---- training loss --------------------------------------------------------------------------
+    def loss(self, obs: Obs, act: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reference ``forward``: z_loss (predictor) + decoder reconstruction on detached true latents.
+
+        obs (B, num_hist + num_pred, ...), act (B, num_hist + num_pred, f*d) -> (loss, detached metrics)
+        """
+        z = self.encode(obs, act)
+        z_src, z_tgt = z[:, : self.num_hist], z[:, self.num_pred :].detach()
+        metrics: dict[str, torch.Tensor] = {}
+        loss = z.new_zeros(())
+        if self.predictor is not None:
+            z_pred = self.predict(z_src)
+            keep = slice(None, -self.action_dim) if self.concat == "channel" else slice(None)
+            if self.concat == "channel":
+                z_loss = F.mse_loss(z_pred[..., keep], z_tgt[..., keep])
+                vis = slice(None, self.visual_dim)
+                prop = slice(self.visual_dim, self.visual_dim + self.proprio_dim)
+                metrics["z_visual_loss"] = F.mse_loss(z_pred[..., vis], z_tgt[..., vis]).detach()
+                metrics["z_proprio_loss"] = F.mse_loss(z_pred[..., prop], z_tgt[..., prop]).detach()
+            else:
+                z_loss = F.mse_loss(z_pred[:, :, :-1], z_tgt[:, :, :-1])
+                metrics["z_visual_loss"] = F.mse_loss(z_pred[:, :, :-2], z_tgt[:, :, :-2]).detach()
+                metrics["z_proprio_loss"] = F.mse_loss(z_pred[:, :, -2], z_tgt[:, :, -2]).detach()
+            metrics["z_loss"] = z_loss.detach()
+            loss = loss + z_loss
+            if self.decoder is not None:
+                # Logged only, never optimized (reference): decode the predicted latents without autograd.
+                pred_obs, _ = self.separate(z_pred.detach())
+                images, diff = self._no_grad_decode(pred_obs["visual"])
+                recon = F.mse_loss(images, obs["visual"][:, self.num_pred :])
+                metrics["decoder_recon_loss_pred"] = recon
+                metrics["decoder_vq_loss_pred"] = diff.detach()
+                metrics["decoder_loss_pred"] = recon + self.latent_loss_weight * diff.detach()
+        if self.decoder is not None:
+            true_obs, _ = self.separate(z.detach())
+            images, diff = self.decode_visual(true_obs["visual"])
+            recon = F.mse_loss(images, obs["visual"])
+            dec_loss = recon + self.latent_loss_weight * diff
+            metrics["decoder_recon_loss_reconstructed"] = recon.detach()
+            metrics["decoder_vq_loss_reconstructed"] = diff.detach()
+            metrics["decoder_loss_reconstructed"] = dec_loss.detach()
+            loss = loss + dec_loss
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    # ---- open-loop rollout ----------------------------------------------------------------------
+    def rollout(self, obs0: Obs, act: torch.Tensor, *, z_obs0: Obs | None = None) -> tuple[Obs, torch.Tensor]:
+        """Imagine the future: n context frames + N >= n actions -> N + 1 frames.
+
+        obs0 (B, n, ...), act (B, N, f*d) -> (z_obs {"visual": (B, N+1, P, Dv), "proprio": (B, N+1, Dp)},
+        z (B, N+1, P', D)). The first n actions belong to the context frames; each predicted frame gets its
+        action slot overwritten with the next action; the context is the last <= num_hist frames.
+        ``z_obs0`` skips re-encoding when the caller already encoded obs0 (planning).
+        """
+        if z_obs0 is None:
+            z_obs0 = self.encode_obs(obs0)
+        n = z_obs0["visual"].shape[1]
+        if act.shape[1] < n:
+            raise ValueError(
+                f"rollout needs at least {n} actions (one per context frame), got {act.shape[1]}"
+            )
+        z = self.combine(z_obs0, self.encode_act(act[:, :n]))
+        for t in range(n, act.shape[1]):
+            z_next = self.predict(z[:, -self.num_hist :])[:, -1:]
+            z = torch.cat([z, self.replace_actions(z_next, act[:, t : t + 1])], dim=1)
+        z = torch.cat([z, self.predict(z[:, -self.num_hist :])[:, -1:]], dim=1)
+        z_obs, _ = self.separate(z)
+        return z_obs, z
