@@ -1,0 +1,166 @@
+"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal`` and ``pusht_push``.
+
+A policy is built per episode with its own ``numpy.random.Generator`` (derived from the dataset seed and the
+episode index), sees only the raw env state and returns an action in env units. :func:`make_policy` checks
+that the named policy suits the env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dinowm_core.envs.base import PlanningEnv
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def action_bounds(env: PlanningEnv) -> tuple[np.ndarray, np.ndarray]:
+    """The env's action box (``[-1, 1]^d`` when it declares none)."""
+    space = getattr(env, "action_space", None)
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None or not np.all(np.isfinite(low)) or not np.all(np.isfinite(high)):
+        return -np.ones(env.action_dim), np.ones(env.action_dim)
+    return np.asarray(low, np.float64).reshape(-1), np.asarray(high, np.float64).reshape(-1)
+
+
+class RandomPolicy:
+    """Uniform in the action box, independent across steps."""
+
+    def __init__(self, env: PlanningEnv, rng: np.random.Generator) -> None:
+        self.low, self.high = action_bounds(env)
+        self.rng = rng
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high)
+
+
+# Per-env proportional-derivative gains for ``noisy_goal``: action = kp * (goal - pos) - kd * vel on the
+# first two state dims (wall: position, action = displacement / 2; point_maze: xy with force actions;
+# reacher: joint angles with torques).
+_GOAL_GAINS = {"wall": (0.5, 0.0), "point_maze": (2.0, 0.6), "reacher": (3.0, 0.3)}
+
+
+class NoisyGoalPolicy:
+    """Drive toward goals from ``env.sample_init_goal``, resampled on arrival, with Gaussian action noise.
+
+    Wall: when the goal is across the wall, aim at the door first. Noise std is ``noise`` x the box half-width.
+    """
+
+    def __init__(
+        self, env: PlanningEnv, rng: np.random.Generator, noise: float = 0.3, max_goal_steps: int = 60
+    ):
+        if env.env_name not in _GOAL_GAINS:
+            raise ValueError(
+                f"noisy_goal: no controller for env {env.env_name!r} (have {sorted(_GOAL_GAINS)})"
+            )
+        self.env, self.rng = env, rng
+        self.kp, self.kd = _GOAL_GAINS[env.env_name]
+        self.low, self.high = action_bounds(env)
+        self.noise = noise * (self.high - self.low) / 2
+        self.max_goal_steps = max_goal_steps
+        self.goal: np.ndarray | None = None
+        self.age = 0
+
+    def _new_goal(self) -> None:
+        self.goal = np.asarray(self.env.sample_init_goal(int(self.rng.integers(2**31)))[1], np.float64)
+        self.age = 0
+
+    def _target(self, state: np.ndarray) -> np.ndarray:
+        assert self.goal is not None
+        params: dict[str, Any] = self.env.env_params
+        across = "wall_x" in params and (state[0] - params["wall_x"]) * (self.goal[0] - params["wall_x"]) < 0
+        if across and "door_y" in params:
+            return np.array([params["wall_x"], params["door_y"]], np.float64)
+        return self.goal[:2]
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        state = np.asarray(state, np.float64)
+        if (
+            self.goal is None
+            or self.age >= self.max_goal_steps
+            or self.env.eval_state(self.goal, state)["success"]
+        ):
+            self._new_goal()
+        self.age += 1
+        vel = state[2:4] if len(state) >= 4 and self.kd else 0.0
+        a = self.kp * (self._target(state) - state[:2]) - self.kd * vel
+        a = a + self.rng.normal(0.0, self.noise)
+        return np.clip(a, self.low, self.high)
+
+
+class PushTPolicy:
+    """Scripted noisy pusher for PushT (state [ax, ay, bx, by, angle, avx, avy], relative actions in pixels).
+
+    Picks a push direction (toward the workspace centre, perturbed), goes behind the block relative to it
+    (around the block's side when in front of it), then pushes through it; re-plans every ``replan`` steps.
+    """
+
+    def __init__(
+        self,
+        env: PlanningEnv,
+        rng: np.random.Generator,
+        *,
+        workspace: float = 512.0,
+        standoff: float = 45.0,
+        push_speed: float = 25.0,
+        max_step: float = 60.0,
+        noise: float = 6.0,
+        replan: int = 25,
+    ) -> None:
+        self.rng = rng
+        self.center = np.full(2, workspace / 2)
+        self.spread = workspace / 4
+        self.standoff, self.push_speed, self.max_step, self.noise, self.replan = (
+            standoff, push_speed, max_step, noise, replan
+        )  # fmt: skip
+        self.dir = np.array([1.0, 0.0])
+        self.t = 0
+
+    def _choose_direction(self, block: np.ndarray) -> None:
+        target = self.center + self.rng.normal(0.0, self.spread, 2)
+        d = target - block
+        n = np.linalg.norm(d)
+        self.dir = d / n if n > 1e-6 else np.array([1.0, 0.0])
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        state = np.asarray(state, np.float64)
+        agent, block = state[0:2], state[2:4]
+        if self.t % self.replan == 0:
+            self._choose_direction(block)
+        self.t += 1
+        contact = block - self.standoff * self.dir
+        rel = agent - block
+        ahead = float(rel @ self.dir)
+        if ahead > -0.5 * self.standoff:  # in front of or beside the block: go around its side first
+            perp = np.array([-self.dir[1], self.dir[0]])
+            side = 1.0 if rel @ perp >= 0 else -1.0
+            target = block + side * 1.6 * self.standoff * perp - 0.5 * self.standoff * self.dir
+        elif np.linalg.norm(agent - contact) > 0.4 * self.standoff:
+            target = contact
+        else:  # behind the block and lined up: push through it, correcting sideways drift
+            off = contact - agent
+            lateral = off - (off @ self.dir) * self.dir
+            target = agent + self.push_speed * self.dir + 0.5 * lateral
+        a = target - agent + self.rng.normal(0.0, self.noise, 2)
+        n = np.linalg.norm(a)
+        return a * (self.max_step / n) if n > self.max_step else a
+
+
+POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
+    "random": (RandomPolicy, None),
+    "noisy_goal": (NoisyGoalPolicy, tuple(_GOAL_GAINS)),
+    "pusht_push": (PushTPolicy, ("pusht",)),
+}
+
+
+def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy:
+    """Build policy ``name`` for one episode of ``env``."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (choices: {', '.join(POLICIES)})")
+    factory, envs = POLICIES[name]
+    if envs is not None and env.env_name not in envs:
+        raise ValueError(f"policy {name!r} supports envs {', '.join(envs)}, not {env.env_name!r}")
+    return factory(env, rng)

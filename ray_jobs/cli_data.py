@@ -1,0 +1,149 @@
+"""`dinowm data ...`: dataset generation, inspection, verification, import and feature caching.
+
+Bad input (unknown env or policy, an existing output, a corrupted dataset) prints one ``error:`` line and exits
+with code 2; every writer works in a temp / ``.partial`` directory, so nothing half-written is left as a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+data_app = typer.Typer(help="Datasets: generate, info, verify, import-dino-wm, encode.", no_args_is_help=True)
+
+
+def _fail(msg: str) -> NoReturn:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dinowm_core.data.importers import UnsafePickleError
+    from dinowm_core.data.store import DatasetError
+
+    return (DatasetError, UnsafePickleError, ValueError, FileExistsError, FileNotFoundError)
+
+
+@data_app.command("generate")
+def generate_cmd(
+    env: str = typer.Option(..., help="env name: wall, pusht, point_maze, reacher, rope, granular"),
+    episodes: int = typer.Option(..., min=1),
+    steps: int = typer.Option(..., min=1, help="steps (stored frames) per episode"),
+    out: Path = typer.Option(..., help="output dataset directory (must not exist)"),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(1, min=1, help="worker processes (the dataset does not depend on it)"),
+    img_size: int = typer.Option(64, min=1),
+    policy: str = typer.Option("random", help="random | noisy_goal | pusht_push"),
+    episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption)."""
+    from dinowm_core.data.generate import generate
+    from dinowm_core.data.policies import POLICIES
+    from dinowm_core.envs.base import ENV_IDS
+
+    if env not in ENV_IDS:
+        _fail(f"unknown env {env!r} (choices: {', '.join(ENV_IDS)})")
+    if policy not in POLICIES:
+        _fail(f"unknown policy {policy!r} (choices: {', '.join(POLICIES)})")
+    try:
+        path = generate(env, episodes, steps, out, seed, workers, img_size, policy,
+                        episodes_per_shard=episodes_per_shard, progress=progress)  # fmt: skip
+    except (*_user_errors(), ImportError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
+def _summary(manifest: dict[str, Any], path: Path) -> str:
+    lengths = manifest["episode_lengths"]
+    norm = manifest["normalization"]
+    size = sum(m["bytes"] for m in manifest["files"].values())
+    lines = [
+        f"dataset      {path}",
+        f"env          {manifest['env']['name']} (action_scale {manifest['env'].get('action_scale', 1.0)})",
+        f"episodes     {manifest['num_episodes']}  steps {manifest['num_steps']}  "
+        f"length min/mean/max {min(lengths)}/{sum(lengths) / len(lengths):.1f}/{max(lengths)}",
+        f"image        {manifest['spaces']['image']['shape']} uint8",
+        *(f"{k:<12} dim {manifest['spaces'][k]['shape'][0]} {manifest['spaces'][k]['dtype']}  "
+          f"mean {_fmt(norm[k]['mean'])} std {_fmt(norm[k]['std'])}" for k in ("action", "proprio", "state")),
+        f"generator    {json.dumps(manifest.get('generator', {}), sort_keys=True)}",
+        f"files        {len(manifest['files'])}  {size / 1e6:.1f} MB  ({size / max(manifest['num_steps'], 1):.0f} B/frame)",
+    ]  # fmt: skip
+    if manifest.get("splits"):
+        lines.append("splits       " + ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items()))
+    return "\n".join(lines)
+
+
+def _fmt(values: list[float], limit: int = 6) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+@data_app.command("info")
+def info_cmd(
+    path: Path = typer.Argument(..., help="dataset directory"),
+    json_out: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Describe a dataset."""
+    from dinowm_core.data.store import TrajectoryStore
+
+    try:
+        store = TrajectoryStore(path)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(json.dumps(store.manifest, indent=2) if json_out else _summary(store.manifest, path))
+
+
+@data_app.command("verify")
+def verify_cmd(path: Path = typer.Argument(..., help="dataset directory")) -> None:
+    """Recompute every checksum and decode every shard; exit 1 when a problem is found."""
+    from dinowm_core.data.store import TrajectoryStore
+
+    try:
+        problems = TrajectoryStore(path).verify()
+    except _user_errors() as e:
+        _fail(str(e))
+    for p in problems:
+        typer.secho(f"problem: {p}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {path}")
+
+
+@data_app.command("import-dino-wm")
+def import_cmd(
+    src: Path = typer.Argument(..., help="reference dataset folder (e.g. $DATASET_DIR/wall_single)"),
+    env: str = typer.Option(..., help="layout: pusht, point_maze, wall, rope, granular"),
+    out: Path = typer.Option(..., help="output dataset directory (must not exist)"),
+) -> None:
+    """Convert an original DINO-WM dataset (reference section 3.2) into a dataset directory."""
+    from dinowm_core.data.importers import import_dino_wm
+
+    try:
+        manifest = import_dino_wm(env, src, out)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out} ({manifest['num_episodes']} episodes, {manifest['num_steps']} steps)")
+
+
+@data_app.command("encode")
+def encode_cmd(
+    path: Path = typer.Argument(..., help="dataset directory"),
+    encoder: str = typer.Option("dinov2_vits14", help="encoder name (see encoder presets)"),
+    weights: str | None = typer.Option(None, help="weights file (default: local caches)"),
+    img_size: int = typer.Option(224, help="model image size; DINOv2 input is img_size // 16 * 14"),
+    batch_size: int = typer.Option(64, min=1),
+    pretrained: bool = typer.Option(True, help="false = random weights (tests)"),
+) -> None:
+    """Cache frozen-encoder patch tokens for every frame beside the dataset."""
+    from dinowm_core.data.features import encode_dataset
+
+    try:
+        cache = encode_dataset(path, encoder, weights=weights, img_size=img_size, batch_size=batch_size,
+                               pretrained=pretrained)  # fmt: skip
+    except (*_user_errors(), ImportError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {cache}")

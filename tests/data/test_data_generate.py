@@ -1,0 +1,145 @@
+"""Generation: determinism across worker counts, resume after interruption, policies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dinowm_core.data.generate import GenerationSpec, episode_seeds, generate, partial_dir
+from dinowm_core.data.policies import NoisyGoalPolicy, PushTPolicy, RandomPolicy, make_policy
+from dinowm_core.data.store import TrajectoryStore
+
+FAKE = "data_fake_envs:FakeDotEnv"
+
+
+def _gen(out, workers=1, **kw):
+    args = {"episodes": 6, "steps": 12, "seed": 7, "img_size": 16, "episodes_per_shard": 2, **kw}
+    return generate("wall", args.pop("episodes"), args.pop("steps"), out, workers=workers, env_factory=FAKE,
+                    progress=False, **args)  # fmt: skip
+
+
+def _checksums(path):
+    return {k: v["sha256"] for k, v in json.loads((path / "manifest.json").read_text())["files"].items()}
+
+
+def test_same_dataset_for_one_and_two_workers(tmp_path):
+    a = _gen(tmp_path / "a", workers=1)
+    b = _gen(tmp_path / "b", workers=2)
+    assert _checksums(a) == _checksums(b)
+    assert (a / "manifest.json").read_text() == (b / "manifest.json").read_text()
+    store = TrajectoryStore(a)
+    assert store.num_episodes == 6 and store.episode_length(0) == 12
+    assert store.manifest["generator"]["policy"] == "random" and store.manifest["generator"]["seed"] == 7
+    assert store.env_params(0) == {"stripe": 3}
+    # episodes differ from each other, and a different seed gives different data
+    assert not np.array_equal(store.states(0), store.states(1))
+    c = _gen(tmp_path / "c", seed=8)
+    assert _checksums(c) != _checksums(a)
+
+
+def test_stored_transitions_follow_the_env(tmp_path):
+    store = TrajectoryStore(_gen(tmp_path / "a", episodes=2))
+    s, a = store.states(1), store.actions(1)
+    # action[t] is applied at frame t: state[t+1] = clip(state[t] + 0.1 * action[t])
+    np.testing.assert_allclose(s[1:], np.clip(s[:-1] + 0.1 * a[:-1].astype(np.float64), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(store.proprio(1), s, atol=1e-6)
+    frames = store.frames(1, np.arange(12))
+    assert frames.std() > 0 and not np.array_equal(frames[0], frames[5])
+
+
+def test_interrupted_generation_resumes_and_completes(tmp_path):
+    full = _gen(tmp_path / "full")
+    out = tmp_path / "resumed"
+    assert _gen(out, max_shards=1) is None  # "killed" after one of three shards
+    assert not out.exists()
+    part = partial_dir(out)
+    assert (part / "shard-00000.json").is_file() and not (part / "shard-00001.arrow").exists()
+    first_mtime = (part / "shard-00000.arrow").stat().st_mtime_ns
+    # A shard killed mid-write leaves a .tmp file and no sidecar: it is redone.
+    (part / "shard-00001.arrow.tmp").write_bytes(b"partial garbage")
+    assert _gen(out, workers=2) == out
+    assert not part.exists()
+    assert _checksums(out) == _checksums(full)
+    assert not list(out.glob("*.tmp"))  # the half-written shard was replaced
+    assert set(_checksums(out)) == {
+        "episodes.arrow",
+        "shard-00000.arrow",
+        "shard-00001.arrow",
+        "shard-00002.arrow",
+    }
+    assert (out / "shard-00000.arrow").stat().st_mtime_ns == first_mtime  # finished shard was kept
+
+
+def test_resume_redoes_a_corrupted_shard_and_refuses_other_params(tmp_path):
+    full = _gen(tmp_path / "full")
+    out = tmp_path / "x"
+    _gen(out, max_shards=2)
+    shard = partial_dir(out) / "shard-00001.arrow"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="different seed"):
+        _gen(out, seed=8)
+    _gen(out)
+    assert _checksums(out) == _checksums(full)
+
+
+def test_existing_output_is_refused(tmp_path):
+    out = _gen(tmp_path / "a", episodes=1)
+    with pytest.raises(FileExistsError):
+        _gen(out, episodes=1)
+
+
+def test_episode_seeds_depend_only_on_seed_and_index():
+    s1, r1 = episode_seeds(0, 5)
+    s2, r2 = episode_seeds(0, 5)
+    assert s1 == s2 and r1.random() == r2.random()
+    assert episode_seeds(0, 6)[0] != s1 and episode_seeds(1, 5)[0] != s1
+
+
+def test_shard_layout_does_not_depend_on_workers():
+    spec = GenerationSpec("wall", 1000, 10)
+    assert spec.episodes_per_shard == 32 and spec.num_shards == 32
+    assert list(spec.shard_episodes(31)) == list(range(992, 1000))
+
+
+def test_policies_respect_bounds_and_goals():
+    from data_fake_envs import FakeDotEnv
+
+    env = FakeDotEnv(img_size=8)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    acts = np.array([RandomPolicy(env, rng)(env.get_state()) for _ in range(500)])
+    assert acts.min() >= -1 and acts.max() <= 1 and acts.std() > 0.5
+    pol = NoisyGoalPolicy(env, np.random.default_rng(1), noise=0.05)
+    state = env.get_state()
+    pol(state)
+    dist0 = np.linalg.norm(pol.goal - state)
+    goal = pol.goal.copy()
+    for _ in range(10):
+        _, _, _, _, info = env.step(pol(env.get_state()))
+        if not np.array_equal(pol.goal, goal):
+            break
+    assert np.linalg.norm(goal - env.get_state()) < dist0  # it moves toward its goal
+    with pytest.raises(ValueError, match="supports envs pusht"):
+        make_policy("pusht_push", env, rng)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope", env, rng)
+
+
+def test_pusht_policy_gets_behind_the_block_and_pushes():
+    class _Env:
+        env_name = "pusht"
+
+    pol = PushTPolicy(_Env(), np.random.default_rng(0), noise=0.0)
+    agent, block = np.array([100.0, 100.0]), np.array([256.0, 256.0])
+    for _ in range(40):  # kinematic agent; the block moves with the agent when pushed in contact
+        a = pol(np.array([*agent, *block, 0.0, 0.0, 0.0]))
+        assert np.linalg.norm(a) <= 60.0 + 1e-9
+        new = agent + a
+        if np.linalg.norm(new - block) < 30.0:
+            block = block + (new - agent)
+        agent = new
+    assert np.linalg.norm(block - 256.0) > 20.0  # the block was pushed
