@@ -43,7 +43,8 @@ class EnvConfig(_Model):
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
     proprio_dim: int = Field(gt=0)
     state_dim: int = Field(gt=0, description="raw state dim (deformables: 4 x particles)")
-    # PushT datasets store relative actions in pixels; the reference divides them by 100 before use.
+    # Pixels per env action unit in the reference's PushT datasets (rel_actions.pth); the importer divides by
+    # it. Our stores, models and planners always use env units (what env.step takes).
     action_scale: float = Field(1.0, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the env constructor")
 
@@ -114,6 +115,9 @@ class CEMConfig(_Model):
     topk: int = Field(30, gt=0)
     var_scale: float = Field(1.0, gt=0)
     opt_steps: int = Field(30, gt=0)
+    chunk_size: int | None = Field(
+        None, gt=0, description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all"
+    )
 
 
 class GDConfig(_Model):
@@ -142,6 +146,8 @@ class PlannerConfig(_Model):
     gd: GDConfig = Field(default_factory=GDConfig)
     mpc: MPCConfig = Field(default_factory=MPCConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    amp: bool = Field(False, description="bf16 autocast in planning rollouts (fp32 objective)")
+    kv_cache: bool = Field(True, description="reuse history keys/values while the context grows (exact)")
 
     @model_validator(mode="after")
     def _check(self) -> PlannerConfig:
@@ -155,6 +161,38 @@ class PlannerConfig(_Model):
         return self
 
 
+class EvalConfig(_Model):
+    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
+
+    The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
+    reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
+    """
+
+    goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
+    goal_H: int = Field(5, gt=0, description="dset/random_action goal distance in model steps (x frameskip env steps)")
+    goal_file: str | None = Field(None, description="JSON or .npz targets for goal_source=file (never a pickle)")
+    n_evals: int = Field(50, gt=0, description="episodes per seed")
+    budget: int = Field(50, gt=0, description="env steps per episode (fixed; no simulator early stop)")
+    seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
+    # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
+    # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
+    seed_scheme: Literal["spawn", "reference"] = "spawn"
+    oracle_stop: bool = Field(False, description="stop an episode at its first simulator success (labelled)")
+    policy: Literal["planner", "random"] = Field("planner", description="random = uniform in the env box")
+    n_plot_samples: int = Field(10, ge=0, description="videos for the first n episodes of each seed")
+    render_size: int | None = Field(None, gt=0, description="env render size; None = img_size")
+    device: str = Field("auto", description="planner device: auto (cuda if available), cpu, cuda, cuda:1")
+    num_actors: int | None = Field(None, gt=0, description="Ray env actors; None = one per episode")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.goal_source == "file" and not self.goal_file:
+            raise ValueError("eval.goal_file must be set when eval.goal_source=file")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"eval.seeds must be distinct, got {self.seeds}")
+        return self
+
+
 class DataConfig(_Model):
     path: str | None = None
     split_ratio: float = Field(0.9, gt=0, le=1)
@@ -163,6 +201,7 @@ class DataConfig(_Model):
     normalize_action: bool = True
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     feature_cache: bool = Field(False, description="train from cached encoder features")
+    allow_resize: bool = Field(False, description="resize stored frames to img_size when they differ")
 
 
 class TrainingConfig(_Model):
@@ -181,14 +220,19 @@ class TrainingConfig(_Model):
     scheduler: Literal["none", "cosine"] = "none"
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     restarts: int = Field(0, ge=0, description="cosine warm restarts")
+    # Max global grad norm over all trainable params (None = off, as the reference); 0.5 is a good value.
     grad_clip: float | None = Field(None, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    amp: Literal["auto", "bf16", "off"] = "auto"
-    compile: bool = False
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
+    amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 autocast on CUDA, off on CPU")
+    compile: bool = Field(False, description="torch.compile the predictor")
     save_every_epochs: int = Field(1, gt=0)
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
     log_every_steps: int = Field(10, gt=0)
     num_val_rollouts: int = Field(10, ge=0)
     num_reconstruct_samples: int = Field(6, ge=0)
+    val_max_batches: int | None = Field(None, gt=0, description="cap on validation batches (None = all)")
+    val_at_start: bool = Field(False, description="also validate before the first step (logged at step 0)")
+    artifacts_every_epochs: int = Field(1, ge=0, description="image grid / rollout video period; 0 = at the end")
 
 
 class RayConfig(_Model):
@@ -232,6 +276,7 @@ class Config(_Model):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "outputs"
     presets: dict[str, str] = Field(default_factory=dict, description="which preset each group came from")
 

@@ -25,9 +25,12 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] creating $VENV and installing dependencies (a few minutes the first time)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  log="$VENV/setup.log"
+  pipi() { "$VENV/bin/python" -m pip install --progress-bar off "$@" >>"$log" 2>&1 || {
+    echo "[setup] pip install $* failed; last lines of $log:" >&2; tail -n 40 "$log" >&2; exit 1; }; }
+  pipi --upgrade pip
+  pipi torch==2.14.1 torchvision==0.29.1
+  pipi -e ".[dev]"
   echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $VENV"

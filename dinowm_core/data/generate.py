@@ -128,23 +128,13 @@ def run_episode(
     return Episode.build(np.stack(frames), np.stack(actions), np.stack(states), np.stack(proprio), params)
 
 
-def action_scale(env_name: str) -> float:
-    """``action_scale`` of the env preset (``conf/env/<name>.yaml``); 1 for envs without one."""
-    from dinowm_core.config import conf_dir
-
-    path = conf_dir() / "env" / f"{env_name}.yaml"
-    if not path.is_file():
-        return 1.0
-    return float((yaml.safe_load(path.read_text()) or {}).get("action_scale", 1.0))
-
-
 def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> dict[str, Any]:
     """Generate and write shard ``shard`` into ``partial_dir`` (Arrow file, then its JSON sidecar)."""
     spec = GenerationSpec(**spec_dict)
     env, params = build_env(spec)
     eps = spec.shard_episodes(shard)
     episodes = [run_episode(env, params, spec, e) for e in eps]
-    info = write_shard(partial_dir, shard, episodes, eps.start, action_scale(spec.env_name))
+    info = write_shard(partial_dir, shard, episodes, eps.start, 1.0)  # actions are stored in env units
     atomic_write_text(_sidecar(Path(partial_dir), shard), json.dumps(info.to_dict()))
     return info.to_dict()
 
@@ -199,7 +189,7 @@ def finalize(spec: GenerationSpec, out: str | Path, shards: dict[int, ShardInfo]
             f"{partial}: shards {sorted(set(range(spec.num_shards)) - set(shards))} are missing"
         )
     base = {
-        "env": {"name": spec.env_name, "action_scale": action_scale(spec.env_name), "kwargs": spec.env_kwargs},
+        "env": {"name": spec.env_name, "action_scale": 1.0, "kwargs": spec.env_kwargs},
         "generator": {"source": "dinowm data generate", "policy": spec.policy, "seed": spec.seed,
                       "steps": spec.steps, "episodes_per_shard": spec.episodes_per_shard},
         "conventions": "action[t] is applied at frame t; the frame after the last action is not stored",

@@ -92,11 +92,15 @@ class NoisyGoalPolicy:
 
 
 class PushTPolicy:
-    """Scripted noisy pusher for PushT (state [ax, ay, bx, by, angle, avx, avy], relative actions in pixels).
+    """Scripted noisy pusher for PushT (state [ax, ay, bx, by, angle, avx, avy]).
+
+    Reasons in pixels, returns env units: PushT's relative actions are in units of ``PIXELS_PER_UNIT`` (100) px.
 
     Picks a push direction (toward the workspace centre, perturbed), goes behind the block relative to it
     (around the block's side when in front of it), then pushes through it; re-plans every ``replan`` steps.
     """
+
+    PIXELS_PER_UNIT = 100.0
 
     def __init__(
         self,
@@ -146,7 +150,8 @@ class PushTPolicy:
             target = agent + self.push_speed * self.dir + 0.5 * lateral
         a = target - agent + self.rng.normal(0.0, self.noise, 2)
         n = np.linalg.norm(a)
-        return a * (self.max_step / n) if n > self.max_step else a
+        a = a * (self.max_step / n) if n > self.max_step else a
+        return a / self.PIXELS_PER_UNIT
 
 
 POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {

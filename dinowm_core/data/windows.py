@@ -177,7 +177,6 @@ def check_compatible(manifest: dict[str, Any], cfg: Config, path: str) -> None:
         "action_dim": spaces["action"]["shape"][0],
         "proprio_dim": spaces["proprio"]["shape"][0],
         "state_dim": spaces["state"]["shape"][0],
-        "action_scale": float(env.get("action_scale", 1.0)),
     }
     for key, got in pairs.items():
         want = getattr(cfg.env, key)
@@ -185,6 +184,12 @@ def check_compatible(manifest: dict[str, Any], cfg: Config, path: str) -> None:
             raise DatasetError(
                 f"{path}: dataset {key} = {got}, config env.{key} = {want} (env {cfg.env.name})"
             )
+    stored = int(spaces["image"]["shape"][0])
+    if stored != cfg.img_size and not cfg.data.allow_resize:
+        raise DatasetError(
+            f"{path}: dataset frames are {stored} px, config img_size is {cfg.img_size} "
+            "(set data.allow_resize=true to resize frames on load)"
+        )
 
 
 def build_datasets(

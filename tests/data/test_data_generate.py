@@ -136,7 +136,7 @@ def test_pusht_policy_gets_behind_the_block_and_pushes():
     pol = PushTPolicy(_Env(), np.random.default_rng(0), noise=0.0)
     agent, block = np.array([100.0, 100.0]), np.array([256.0, 256.0])
     for _ in range(40):  # kinematic agent; the block moves with the agent when pushed in contact
-        a = pol(np.array([*agent, *block, 0.0, 0.0, 0.0]))
+        a = pol(np.array([*agent, *block, 0.0, 0.0, 0.0])) * PushTPolicy.PIXELS_PER_UNIT  # env units -> px
         assert np.linalg.norm(a) <= 60.0 + 1e-9
         new = agent + a
         if np.linalg.norm(new - block) < 30.0:

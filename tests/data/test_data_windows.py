@@ -142,6 +142,10 @@ def test_trajectory_dataset_item(make_store):
 def test_build_datasets_split_and_env_checks(make_store):
     path, _ = make_store([30] * 10)
     cfg = load_config(["env=wall", f"data.path={path}", "img_size=32", "frameskip=2", "num_hist=3"])
+    with pytest.raises(DatasetError, match="frames are 16 px, config img_size is 32"):
+        build_datasets(cfg)
+    cfg = load_config(["env=wall", f"data.path={path}", "img_size=32", "frameskip=2", "num_hist=3",
+                       "data.allow_resize=true"])  # fmt: skip
     tr, va, ttr, tva = build_datasets(cfg)
     assert len(ttr) == 9 and len(tva) == 1
     assert not set(ttr.episodes) & set(tva.episodes)
@@ -151,7 +155,7 @@ def test_build_datasets_split_and_env_checks(make_store):
         build_datasets(load_config(["env=pusht", f"data.path={path}"]))
     bad, _ = make_store([30] * 2, name="bad", state_dim=3)
     with pytest.raises(DatasetError, match="state_dim = 3.*env.state_dim = 2"):
-        build_datasets(load_config(["env=wall", f"data.path={bad}"]))
+        build_datasets(load_config(["env=wall", f"data.path={bad}", "img_size=16"]))
 
 
 def test_folder_split_from_manifest(make_store):

@@ -4,7 +4,7 @@
 |----------------|----------------------------------------------------------------------------------------|
 | pusht          | [train/ val/] states.pth (N,T,5), velocities.pth (N,T,2), rel_actions.pth, seq_lengths.pkl, |
 |                | obses/episode_XXX.mp4, shapes.pkl (optional); state = [states | velocities] (7-D),    |
-|                | proprio = [ax, ay, vx, vy]; actions stay in pixels (action_scale 100 in the manifest)  |
+|                | proprio = [ax, ay, vx, vy]; pixel actions / 100 -> env units (action_scale 1)         |
 | point_maze     | states.pth (N,T,4), actions.pth, seq_lengths.pth, obses/episode_XXX.pth (T,H,W,C)      |
 | wall           | states.pth (N,T,2), actions.pth, obses/episode_XXX.pth channels-first (T,C,H,W),       |
 |                | door_locations.pth / wall_locations.pth (N,T) -> env_params {door_y, wall_x} (step 0)  |
@@ -78,6 +78,9 @@ def _check_len(name: str, x: np.ndarray, n: int, path: Path) -> None:
         raise DatasetError(f"{path}: {name} has {len(x)} steps, expected at least {n}")
 
 
+PUSHT_PIXELS_PER_UNIT = 100.0  # reference action_scale: rel_actions.pth holds pixels
+
+
 def _pusht_split(src: Path) -> Iterator[Episode]:
     states = _load_tensor(src / "states.pth")
     vel = _load_tensor(src / "velocities.pth")
@@ -95,7 +98,9 @@ def _pusht_split(src: Path) -> Iterator[Episode]:
         state = np.concatenate([states[i, :T], vel[i, :T]], axis=-1)
         proprio = np.concatenate([states[i, :T, :2], vel[i, :T]], axis=-1)
         params = {"shape": shapes[i]} if shapes else {}
-        yield Episode.build(frames[:T], actions[i, :T], state, proprio, params)
+        # Reference rel_actions are pixels; the env (and our stores) use units of PUSHT_PIXELS_PER_UNIT px.
+        env_actions = actions[i, :T] / PUSHT_PIXELS_PER_UNIT
+        yield Episode.build(frames[:T], env_actions, state, proprio, params)
 
 
 def _point_maze(src: Path) -> Iterator[Episode]:
@@ -160,8 +165,6 @@ def import_dino_wm(
     env: str, src: str | Path, out: str | Path, *, episodes_per_shard: int = 50
 ) -> dict[str, Any]:
     """Convert the reference dataset at ``src`` for ``env`` into a store at ``out``; returns the manifest."""
-    from dinowm_core.data.generate import action_scale
-
     if env not in LAYOUTS:
         raise ValueError(f"unknown layout for env {env!r} (choices: {', '.join(LAYOUTS)})")
     src = Path(src)
@@ -169,7 +172,8 @@ def import_dino_wm(
         raise DatasetError(f"{src}: no such directory")
     iterators, split_names = _episodes(env, src)
     base: dict[str, Any] = {
-        "env": {"name": env, "action_scale": action_scale(env)},
+        # Stores hold env units (what env.step takes); _pusht_split already divided the reference's pixels.
+        "env": {"name": env, "action_scale": 1.0},
         "generator": {"source": "dinowm data import-dino-wm", "src": str(src.resolve()), "layout": env},
         "conventions": "action[t] is applied at frame t (reference layout: equal-length obs and actions)",
     }
