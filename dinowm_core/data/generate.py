@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from dinowm_core.data.policies import make_policy
 from dinowm_core.data.store import Episode
