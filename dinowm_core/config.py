@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
 
@@ -116,7 +116,9 @@ class CEMConfig(_Model):
     var_scale: float = Field(1.0, gt=0)
     opt_steps: int = Field(30, gt=0)
     chunk_size: int | None = Field(
-        None, gt=0, description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all"
+        None,
+        gt=0,
+        description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all",
     )
 
 
@@ -169,8 +171,12 @@ class EvalConfig(_Model):
     """
 
     goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
-    goal_H: int = Field(5, gt=0, description="dset/random_action goal distance in model steps (x frameskip env steps)")
-    goal_file: str | None = Field(None, description="JSON or .npz targets for goal_source=file (never a pickle)")
+    goal_H: int = Field(
+        5, gt=0, description="dset/random_action goal distance in model steps (x frameskip env steps)"
+    )
+    goal_file: str | None = Field(
+        None, description="JSON or .npz targets for goal_source=file (never a pickle)"
+    )
     n_evals: int = Field(50, gt=0, description="episodes per seed")
     budget: int = Field(50, gt=0, description="env steps per episode (fixed; no simulator early stop)")
     seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
@@ -223,7 +229,9 @@ class TrainingConfig(_Model):
     # Max global grad norm over all trainable params (None = off, as the reference); 0.5 is a good value.
     grad_clip: float | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
-    amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto = bf16 autocast on CUDA, off on CPU")
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, off on CPU"
+    )
     compile: bool = Field(False, description="torch.compile the predictor")
     save_every_epochs: int = Field(1, gt=0)
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
@@ -232,7 +240,14 @@ class TrainingConfig(_Model):
     num_reconstruct_samples: int = Field(6, ge=0)
     val_max_batches: int | None = Field(None, gt=0, description="cap on validation batches (None = all)")
     val_at_start: bool = Field(False, description="also validate before the first step (logged at step 0)")
-    artifacts_every_epochs: int = Field(1, ge=0, description="image grid / rollout video period; 0 = at the end")
+    artifacts_every_epochs: int = Field(
+        1, ge=0, description="image grid / rollout video period; 0 = at the end"
+    )
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` (training.amp=off) as false
 
 
 class RayConfig(_Model):

@@ -99,8 +99,18 @@ class WorldModel(nn.Module):
         return self.action_encoder(act)
 
     def encode_obs(self, obs: Obs) -> Obs:
-        """-> {"visual": (B, T, P, Dv), "proprio": (B, T, Dp_emb)}"""
-        return {"visual": self.encode_visual(obs["visual"]), "proprio": self.encode_proprio(obs["proprio"])}
+        """-> {"visual": (B, T, P, Dv), "proprio": (B, T, Dp_emb)}
+
+        ``obs["visual_tokens"]`` (B, T, P, Dv), when present, holds precomputed frozen-encoder tokens (the
+        feature cache) and replaces the encoder pass; ``obs["visual"]`` is then only a decoder target.
+        """
+        proprio = self.encode_proprio(obs["proprio"])
+        tokens = obs.get("visual_tokens")
+        if tokens is None:
+            visual = self.encode_visual(obs["visual"])
+        else:
+            visual = tokens.to(proprio.dtype if proprio.is_floating_point() else torch.float32)
+        return {"visual": visual, "proprio": proprio}
 
     def combine(self, z_obs: Obs, act_emb: torch.Tensor) -> torch.Tensor:
         """Join encoded obs (B, T, P, Dv) / (B, T, Dp) and action embeddings (B, T, Da) into z (B, T, P', D)."""
@@ -160,10 +170,14 @@ class WorldModel(nn.Module):
         return {"visual": images, "proprio": z_obs["proprio"]}
 
     # ---- training loss --------------------------------------------------------------------------
-    def loss(self, obs: Obs, act: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, obs: Obs, act: torch.Tensor, *, decode_pred: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reference ``forward``: z_loss (predictor) + decoder reconstruction on detached true latents.
 
-        obs (B, num_hist + num_pred, ...), act (B, num_hist + num_pred, f*d) -> (loss, detached metrics)
+        obs (B, num_hist + num_pred, ...), act (B, num_hist + num_pred, f*d) -> (loss, detached metrics).
+        ``decode_pred=False`` skips the logged-only ``decoder_*_pred`` terms (a decoder pass that never
+        affects the loss; the training loop computes them at validation only).
         """
         z = self.encode(obs, act)
         z_src, z_tgt = z[:, : self.num_hist], z[:, self.num_pred :].detach()
@@ -184,7 +198,7 @@ class WorldModel(nn.Module):
                 metrics["z_proprio_loss"] = F.mse_loss(z_pred[:, :, -2], z_tgt[:, :, -2]).detach()
             metrics["z_loss"] = z_loss.detach()
             loss = loss + z_loss
-            if self.decoder is not None:
+            if self.decoder is not None and decode_pred:
                 # Logged only, never optimized (reference): decode the predicted latents without autograd.
                 pred_obs, _ = self.separate(z_pred.detach())
                 images, diff = self._no_grad_decode(pred_obs["visual"])

@@ -18,9 +18,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class TrainHooks:
     """Identity hooks: one process, rank 0 of 1, CPU unless ``device`` says otherwise."""
 
-    def __init__(self, device: str | torch.device | None = None, resume_from: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        resume_from: str | Path | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._resume_from = Path(resume_from) if resume_from else None
+        self._run_dir = Path(run_dir) if run_dir else Path(".")
         self.reported: list[dict[str, Any]] = []
 
     # ---- topology -------------------------------------------------------------------------------
@@ -70,4 +76,8 @@ class TrainHooks:
 
     def checkpoint_root(self) -> Path:
         """Where the main rank writes checkpoint directories before reporting them."""
-        return Path("checkpoints")
+        return self._run_dir / "checkpoints"
+
+    def run_dir(self) -> Path:
+        """Where the main rank writes artifacts (image grids, rollout videos) before logging them."""
+        return self._run_dir
