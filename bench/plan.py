@@ -1,0 +1,221 @@
+"""Planning benchmark: seconds per CEM / GD plan, our batched fast rollout vs the reference's loop.
+
+Prints one JSON object per line. Configs: ``p16`` = img_size 64 (16 patches) and ``p196`` = the reference
+default (224 px -> 196 patches), both with the ViT-S/14 encoder architecture (``encoder.pretrained=false``) and
+the reference predictor (depth 6, 16 x 64 heads, width 404). CEM is 300 samples x top 30 x 30 iterations x H 5
+unless overridden. Times for fewer iterations than a full plan are measured per iteration and extrapolated
+(``"extrapolated": true``). ``baseline`` rows time one iteration of the reference algorithm: per episode, the
+observation re-encoded for all samples, ``wm.rollout`` without a cache, fp32.
+
+    python bench/plan.py --quick                          # CPU: p16, 1 episode, 1 iteration per setting
+    python bench/plan.py --device cuda --configs p16,p196 --episodes 1,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from dinowm_core import build_world_model, load_config  # noqa: E402
+from dinowm_core.planning import cem_plan, evaluate_plans, gd_plan, objective  # noqa: E402
+
+CONFIGS = {
+    "p16": ["encoder.pretrained=false", "img_size=64"],
+    "p196": ["encoder.pretrained=false"],
+}
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_mem_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS so far (Linux: KiB)
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def make_problem(cfg, wm, b: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    obs = {
+        "visual": (torch.rand(b, 1, 3, cfg.img_size, cfg.img_size, generator=g) * 2 - 1).to(device),
+        "proprio": torch.randn(b, 1, cfg.env.proprio_dim, generator=g).to(device),
+    }
+    goal = {
+        "visual": (torch.rand(b, 1, 3, cfg.img_size, cfg.img_size, generator=g) * 2 - 1).to(device),
+        "proprio": torch.randn(b, 1, cfg.env.proprio_dim, generator=g).to(device),
+    }
+    with torch.no_grad():
+        return obs, wm.encode_obs(obs), wm.encode_obs(goal)
+
+
+@torch.no_grad()
+def reference_cem_iteration(wm, obs, z_goal, mean, std, num_samples, topk):
+    """One CEM iteration as the reference runs it: episodes in a Python loop, obs re-encoded per sample."""
+    for i in range(mean.shape[0]):
+        act = mean[i] + std[i] * torch.randn(num_samples, *mean.shape[1:], device=mean.device)
+        act[0] = mean[i]
+        obs_i = {k: v[i : i + 1].expand(num_samples, *v.shape[1:]) for k, v in obs.items()}
+        z_pred, _ = wm.rollout(obs_i, act)
+        loss = objective(z_pred, {k: v[i : i + 1] for k, v in z_goal.items()})
+        elites = act[loss.topk(topk, largest=False).indices]
+        mean[i], std[i] = elites.mean(0), elites.std(0)
+
+
+def bench_config(name: str, args) -> None:
+    device = args.device
+    cfg = load_config(CONFIGS[name])
+    torch.manual_seed(0)
+    wm = build_world_model(cfg).eval().to(device)
+    a_dim, h = cfg.action_dim, args.horizon
+    base = dict(
+        config=name,
+        device=device,
+        patches=cfg.num_visual_tokens,
+        samples=args.num_samples,
+        topk=args.topk,
+        horizon=h,
+        full_opt_steps=30,
+    )
+    for b in args.episodes:
+        obs, z0, zg = make_problem(cfg, wm, b, device)
+        gens = [torch.Generator(device=device).manual_seed(s) for s in range(b)]
+        if args.baseline:
+            mean = torch.zeros(b, h, a_dim, device=device)
+            std = torch.ones_like(mean)
+            if b == args.episodes[0]:  # warm-up (kernels, allocator)
+                reference_cem_iteration(
+                    wm, obs, zg, mean[:1].clone(), std[:1].clone(), args.num_samples, args.topk
+                )
+            reset_peak(device)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.baseline_steps):
+                reference_cem_iteration(wm, obs, zg, mean, std, args.num_samples, args.topk)
+            sync(device)
+            per_it = (time.perf_counter() - t0) / args.baseline_steps
+            emit(
+                bench="cem",
+                impl="reference_loop",
+                dtype="fp32",
+                episodes=b,
+                s_per_iter=round(per_it, 4),
+                s_per_plan=round(per_it * 30, 3),
+                extrapolated=args.baseline_steps != 30,
+                peak_mem_mb=round(peak_mem_mb(device)),
+                **base,
+            )
+        for dtype in args.dtypes:
+            amp = dtype == "bf16"
+            kw = dict(
+                horizon=h, num_samples=args.num_samples, topk=args.topk, amp=amp, chunk_size=args.chunk_size
+            )
+            cem_plan(wm, z0, zg, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
+            reset_peak(device)
+            sync(device)
+            t0 = time.perf_counter()
+            res = cem_plan(
+                wm,
+                z0,
+                zg,
+                opt_steps=args.opt_steps,
+                generator=[torch.Generator(device=device).manual_seed(s) for s in range(b)],
+                **kw,
+            )
+            sync(device)
+            per_it = (time.perf_counter() - t0) / args.opt_steps
+            fp32_loss = evaluate_plans(wm, z0, zg, res.actions, torch.arange(b, device=device))
+            emit(
+                bench="cem",
+                impl="batched_fast",
+                dtype=dtype,
+                episodes=b,
+                s_per_iter=round(per_it, 4),
+                s_per_plan=round(per_it * 30, 3),
+                extrapolated=args.opt_steps != 30,
+                plan_loss_fp32=round(fp32_loss.mean().item(), 5),
+                chunk_size=args.chunk_size,
+                peak_mem_mb=round(peak_mem_mb(device)),
+                **base,
+            )
+        if args.gd_steps:
+            gd_plan(wm, z0, zg, horizon=h, opt_steps=1, generator=gens)
+            reset_peak(device)
+            sync(device)
+            t0 = time.perf_counter()
+            gd_plan(wm, z0, zg, horizon=h, opt_steps=args.gd_steps, generator=gens)
+            sync(device)
+            per_step = (time.perf_counter() - t0) / args.gd_steps
+            emit(
+                bench="gd",
+                impl="batched_fast",
+                dtype="fp32",
+                episodes=b,
+                s_per_step=round(per_step, 4),
+                s_per_plan=round(per_step * 1000, 2),
+                full_opt_steps=1000,
+                extrapolated=args.gd_steps != 1000,
+                config=name,
+                device=device,
+                horizon=h,
+                peak_mem_mb=round(peak_mem_mb(device)),
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--configs", default="p16,p196")
+    ap.add_argument("--episodes", default="1,10", help="episodes per plan call, comma-separated")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--opt-steps", type=int, default=30, help="CEM iterations to time (extrapolated to 30)")
+    ap.add_argument("--baseline-steps", type=int, default=1, help="reference-loop iterations to time")
+    ap.add_argument("--num-samples", type=int, default=300)
+    ap.add_argument("--topk", type=int, default=30)
+    ap.add_argument("--horizon", type=int, default=5)
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument(
+        "--gd-steps", type=int, default=10, help="GD steps to time (extrapolated to 1000); 0 = skip"
+    )
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false")
+    ap.add_argument("--quick", action="store_true", help="p16 only, 1 episode, 1 CEM iteration, 3 GD steps")
+    args = ap.parse_args()
+    if args.quick:
+        args.configs, args.episodes, args.opt_steps, args.gd_steps = "p16", "1", 1, 3
+    args.episodes = [int(x) for x in args.episodes.split(",")]
+    args.dtypes = args.dtypes.split(",")
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    emit(
+        bench="env",
+        torch=torch.__version__,
+        device=args.device,
+        threads=torch.get_num_threads(),
+        machine=platform.processor() or platform.machine(),
+        gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    )
+    for name in args.configs.split(","):
+        bench_config(name, args)
+
+
+if __name__ == "__main__":
+    main()

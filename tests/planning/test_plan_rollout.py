@@ -1,0 +1,63 @@
+"""The fast planning rollout (KV cache, last-frame pruning, SDPA, bf16) equals WorldModel.rollout."""
+
+import pytest
+import torch
+
+from dinowm_core.planning.rollout import fast_rollout
+from tests.planning.plan_helpers import tiny_obs, tiny_wm
+
+
+@pytest.mark.parametrize("concat", ["channel", "token"])
+@pytest.mark.parametrize("num_hist", [1, 2, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_fast_rollout_equals_reference_rollout(concat, num_hist, residual):
+    wm = tiny_wm(f"concat={concat}", f"num_hist={num_hist}", f"predictor.residual={str(residual).lower()}")
+    cfg = wm.cfg
+    for n_ctx in range(1, num_hist + 1):
+        obs = tiny_obs(cfg, b=3, t=n_ctx, seed=n_ctx)
+        with torch.no_grad():
+            z_obs0 = wm.encode_obs(obs)
+            for horizon in range(1, 7):
+                act = torch.randn(3, max(horizon, n_ctx), cfg.action_dim)
+                ref_obs, ref_z = wm.rollout(obs, act)
+                for kv_cache in (True, False):
+                    fast_obs, fast_z = fast_rollout(wm, z_obs0, act, kv_cache=kv_cache)
+                    assert fast_z.shape == ref_z.shape
+                    torch.testing.assert_close(fast_z, ref_z, atol=1e-5, rtol=0)
+                    torch.testing.assert_close(fast_obs["visual"], ref_obs["visual"], atol=1e-5, rtol=0)
+                    torch.testing.assert_close(fast_obs["proprio"], ref_obs["proprio"], atol=1e-5, rtol=0)
+
+
+def test_fast_rollout_gradients_match():
+    wm = tiny_wm("num_hist=3", "predictor.residual=false")
+    with torch.no_grad():
+        z_obs0 = wm.encode_obs(tiny_obs(wm.cfg, b=2))
+    act = torch.randn(2, 5, wm.cfg.action_dim)
+    grads = []
+    for fn in (lambda a: wm.rollout(None, a, z_obs0=z_obs0), lambda a: fast_rollout(wm, z_obs0, a)):
+        a = act.clone().requires_grad_(True)
+        z_obs, _ = fn(a)
+        (g,) = torch.autograd.grad(z_obs["visual"][:, -1].square().sum(), a)
+        grads.append(g)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_is_close_and_returns_fp32():
+    wm = tiny_wm("predictor.residual=false")
+    with torch.no_grad():
+        z_obs0 = wm.encode_obs(tiny_obs(wm.cfg, b=2))
+        act = torch.randn(2, 5, wm.cfg.action_dim)
+        _, ref = fast_rollout(wm, z_obs0, act)
+        _, amp = fast_rollout(wm, z_obs0, act, amp=True)
+    assert amp.dtype == torch.float32
+    rel = (amp - ref).norm() / ref.norm()
+    assert 0 < rel < 0.02
+
+
+def test_too_few_actions_for_the_context_is_an_error():
+    wm = tiny_wm()
+    with torch.no_grad():
+        z_obs0 = wm.encode_obs(tiny_obs(wm.cfg, b=1, t=3))
+    with pytest.raises(ValueError, match="at least 3 actions"):
+        fast_rollout(wm, z_obs0, torch.randn(1, 2, wm.cfg.action_dim))
