@@ -1,0 +1,53 @@
+"""Shared fixtures data for the evaluation tests: a small Wall dataset and tiny untrained world models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dinowm_core import build_world_model, load_config, save_world_model
+from dinowm_core.data.generate import generate
+from dinowm_core.data.store import TrajectoryStore
+
+# num_hist 1 as the reference wall config; small CEM so one MPC step costs milliseconds.
+EVAL_TINY = [
+    "env=wall",
+    "encoder=dino_tiny",
+    "predictor=vit_small",
+    "decoder=vqvae_small",
+    "img_size=64",
+    "frameskip=5",
+    "num_hist=1",
+    "planner=mpc_cem",
+    "planner.cem.num_samples=12",
+    "planner.cem.topk=3",
+    "planner.cem.opt_steps=2",
+    "eval.device=cpu",
+    "eval.n_plot_samples=0",
+]
+
+
+def make_wall_dataset(root: Path, episodes: int = 8, steps: int = 40) -> Path:
+    out = root / "wall_ds"
+    if not out.exists():
+        generate("wall", episodes, steps, out, seed=0, workers=1, img_size=64, progress=False)
+    return out
+
+
+def tiny_cfg(*overrides: str):
+    return load_config([*EVAL_TINY, *overrides])
+
+
+def tiny_wm(cfg, data: Path | None = None):
+    torch.manual_seed(0)
+    wm = build_world_model(cfg).eval()
+    if data is not None:
+        from dinowm_core.data.normalization import Normalizer
+
+        wm.normalization = Normalizer.from_manifest(TrajectoryStore(data).manifest).to_dict()
+    return wm
+
+
+def tiny_checkpoint(root: Path, cfg, data: Path | None = None) -> Path:
+    return save_world_model(tiny_wm(cfg, data), root / "ckpt")
