@@ -1,0 +1,214 @@
+"""Planning evaluation on Ray: episodes in environment actors, one batched planner (reference section 5).
+
+Glue around :func:`dinowm_core.planning.evaluation.run_evaluation`:
+
+* **env actors**: ``EpisodeGroup`` (Ray-free) wrapped with ``ray.remote``; each owns its envs (one per
+  episode slot) and runs ``reset / observe / step / results``. Every planning step the driver gathers the
+  observations of all live actors, so the planner still plans the whole batch in one call;
+* **planner**: in the driver (``planner="local"``) or a :class:`PlannerActor` holding the model
+  (``planner="actor"``, e.g. on a GPU node). Both expose ``reset / plan / imagine``; a Serve deployment can
+  take the actor's place behind the same three calls.
+
+Per-episode results equal the in-process evaluation's for the same seeds (the planners draw one random
+stream per episode). Usable with ``ray job submit -- python -m ray_jobs.evaluate CKPT env=wall ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from dinowm_core.config import Config
+from dinowm_core.planning.episode import EpisodeGroup
+from dinowm_core.planning.evaluation import Episodes, EvalResult, run_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def ray_call(groups: list[Any], method: str, args: list[tuple]) -> list[Any]:
+    """Fan a method out to actor handles and wait for all of them (the actors run concurrently)."""
+    return ray.get([getattr(g, method).remote(*a) for g, a in zip(groups, args, strict=True)])
+
+
+class PlannerActor:
+    """Holds the world model and the policy; the driver calls ``reset / plan / imagine`` remotely."""
+
+    def __init__(self, ckpt: str, cfg_json: str, action_box: tuple[Any, Any], num_threads: int = 1) -> None:
+        import torch
+
+        from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
+        from dinowm_core.training.checkpoint import load_world_model
+
+        torch.set_num_threads(num_threads)  # small machines: one intra-op thread per actor
+        cfg = Config.from_json(cfg_json)
+        wm = load_world_model(ckpt)
+        self.adapter = ModelAdapter(wm, device=resolve_device(cfg.eval.device))
+        self.policy = build_policy(cfg, adapter=self.adapter, action_box=action_box)
+
+    def closed_loop(self) -> bool:
+        return self.policy.closed_loop
+
+    def reset(self, episode_seeds: list[int], seed: int) -> None:
+        self.policy.reset(episode_seeds, seed)
+
+    def plan(self, obs: dict, goal: dict) -> Any:
+        return self.policy.plan(obs, goal)
+
+    def imagine(self, obs0: dict, actions: Any, final: dict, decode: bool) -> dict:
+        return self.adapter.imagine(obs0, actions, final, decode)
+
+
+class RemotePolicy:
+    """Driver-side proxy: the :class:`~dinowm_core.planning.policy.Policy` protocol over a planner actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.closed_loop = ray.get(handle.closed_loop.remote())
+
+    def reset(self, episode_seeds: list[int], seed: int) -> None:
+        ray.get(self.handle.reset.remote(episode_seeds, seed))
+
+    def plan(self, obs: dict, goal: dict) -> Any:
+        return ray.get(self.handle.plan.remote(obs, goal))
+
+    def imagine(self, obs0: dict, actions: Any, final: dict, decode: bool) -> dict:
+        return ray.get(self.handle.imagine.remote(obs0, actions, final, decode))
+
+
+def make_env_actors(cfg: Config, num_actors: int | None, cpus_per_actor: float) -> Episodes:
+    """``num_actors`` env actors (None = one per episode) sharing ``eval.n_evals`` slots."""
+    e = cfg.eval
+    n = min(e.n_evals, num_actors or e.n_evals)
+    per = math.ceil(e.n_evals / n)
+    slots = [min(per, e.n_evals - i * per) for i in range(n) if e.n_evals - i * per > 0]
+    actor_cls = ray.remote(num_cpus=cpus_per_actor)(EpisodeGroup)
+    env_vars = {"LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # one Mesa/OpenMP thread per env actor
+    size = e.render_size or cfg.img_size
+    handles = [
+        actor_cls.options(runtime_env={"env_vars": env_vars}).remote(
+            cfg.env.name,
+            k,
+            img_size=size,
+            budget=e.budget,
+            frameskip=cfg.frameskip,
+            oracle_stop=e.oracle_stop,
+            env_kwargs=cfg.env.kwargs,
+        )  # fmt: skip
+        for k in slots
+    ]
+    return Episodes(handles, slots, call=ray_call)
+
+
+def evaluate_on_ray(
+    ckpt: str | Path | None,
+    cfg: Config,
+    *,
+    wm: Any = None,
+    planner: str = "local",
+    out_dir: str | Path | None = None,
+    cpus_per_actor: float = 0.25,
+    planner_resources: dict[str, float] | None = None,
+    dataset: Any = None,
+) -> EvalResult:
+    """Evaluate with env actors. ``planner``: ``local`` (model in the driver; ``wm`` or ``ckpt``) or
+    ``actor`` (a :class:`PlannerActor` loads ``ckpt``; ``planner_resources`` e.g. ``{"num_gpus": 1}``)."""
+    from dinowm_core.envs.base import make_env
+    from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
+
+    e = cfg.eval
+    episodes = make_env_actors(cfg, e.num_actors, cpus_per_actor)
+    box = ray.get(episodes.groups[0].action_box.remote())
+    size = e.render_size or cfg.img_size
+    target_env = make_env(cfg.env.name, img_size=size, **cfg.env.kwargs)
+    if planner == "actor" and e.policy == "planner":
+        if ckpt is None:
+            raise ValueError("planner=actor loads the model from a checkpoint: pass ckpt")
+        opts = planner_resources or {"num_cpus": 1}
+        handle = ray.remote(PlannerActor).options(**opts).remote(str(ckpt), cfg.to_json(), box)
+        policy = imaginer = RemotePolicy(handle)
+        normalizer = None
+        if e.goal_source == "random_action":
+            normalizer = ModelAdapter(wm or _load(ckpt), device="cpu").normalizer
+    elif planner in ("local", "actor"):
+        model = wm if wm is not None else (_load(ckpt) if ckpt is not None else None)
+        adapter = ModelAdapter(model, device=resolve_device(e.device)) if model is not None else None
+        policy = build_policy(cfg, adapter=adapter, action_box=box)
+        imaginer, normalizer = adapter, (adapter.normalizer if adapter else None)
+    else:
+        raise ValueError(f"planner must be 'local' or 'actor', got {planner!r}")
+    if dataset is None and e.goal_source in ("dset", "random_action"):
+        from dinowm_core.data.windows import build_datasets
+
+        dataset = build_datasets(cfg)[3]
+    try:
+        return run_evaluation(cfg, episodes, policy, target_env, imaginer=imaginer, out_dir=out_dir,
+                              dataset=dataset, normalizer=normalizer)  # fmt: skip
+    finally:
+        for h in episodes.groups:
+            ray.kill(h)
+
+
+def _load(ckpt: str | Path) -> Any:
+    from dinowm_core.training.checkpoint import load_world_model
+
+    return load_world_model(ckpt)
+
+
+def log_to_mlflow(result: EvalResult, cfg: Config, out_dir: Path, ckpt: str | None) -> str | None:
+    """Metrics, results.json and videos to MLflow when tracking is configured (``mlflow.tracking_uri`` or
+    ``$MLFLOW_TRACKING_URI``); returns the run id, or None when not configured.
+
+    Uses ``ray_jobs.tracking.start_run`` when that module provides it (run naming, tags, defaults),
+    else a plain MLflow run.
+    """
+    import os
+
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    import mlflow
+
+    try:
+        from ray_jobs import tracking
+
+        start_run = getattr(tracking, "start_run", None)
+    except ImportError:
+        start_run = None
+    run_name = f"plan-{result.protocol['policy']}-{cfg.env.name}"
+    if start_run is None:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(cfg.mlflow.experiment)
+        ctx = mlflow.start_run(run_name=run_name)
+    else:
+        ctx = start_run(cfg, run_name=run_name)
+    with ctx as run:
+        flat_params = {k: v for k, v in result.protocol.items() if not isinstance(v, dict | list)}
+        mlflow.log_params({**flat_params, "seeds": str(cfg.eval.seeds), "checkpoint": str(ckpt)})
+        mlflow.log_metrics(result.flat_metrics("plan"))
+        mlflow.log_artifact(str(Path(out_dir) / "results.json"))
+        if (Path(out_dir) / "videos").is_dir():
+            mlflow.log_artifacts(str(Path(out_dir) / "videos"), artifact_path="videos")
+        return run.info.run_id
+
+
+def init_ray(cfg: Config) -> None:
+    """Connect to ``ray.address`` / ``$RAY_ADDRESS`` (``ray job submit``) or start a small local cluster."""
+    if ray.is_initialized():
+        return
+    import os
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.ray.address)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), object_store_memory=500 * 1024**2,
+                 include_dashboard=False)  # fmt: skip
+
+
+if __name__ == "__main__":
+    from ray_jobs.cli import app
+
+    app(["plan", "--ray", *__import__("sys").argv[1:]])

@@ -1,0 +1,252 @@
+"""MLflow glue for training runs: where runs are stored, what each run records, and model resolution.
+
+Storage: ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else an embedded sqlite store at
+``<output_dir>/mlflow/mlflow.db`` whose experiment keeps artifacts in ``<output_dir>/mlflow/artifacts`` (an explicit
+location: MLflow would otherwise write ``./mlruns`` relative to the working directory).
+
+A training run is opened by the driver (:class:`RunTracker`: params = the flattened resolved config, tags = git
+commit, env, dataset manifest hash, run name), written to by rank 0 only (:class:`WorkerLogger`: per-step and
+per-epoch metrics, image grids, rollout videos, the final checkpoint directory under ``checkpoint/``) and closed
+by the driver as FINISHED / FAILED / KILLED, registering a model version whose source is that checkpoint.
+:func:`resolve_checkpoint` turns ``models:/name/version``, ``models:/name@alias``, ``name`` (latest) or
+``runs:/id/checkpoint`` back into a local directory that ``dinowm_core.load_world_model`` reads.
+
+Open the UI with ``mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db --host 127.0.0.1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+RUN_NAME_TAG = "dinowm.run_name"
+# MLflow's limit on a param value (longer values are rejected, not truncated).
+_MAX_PARAM_LEN = 6000
+_KEY_METRICS = ("epoch", "step", "train/loss", "val/loss")
+
+
+# ---- where runs live ----------------------------------------------------------------------------------
+
+
+def tracking_uri(cfg_uri: str | None, output_dir: str | os.PathLike) -> str:
+    """Config > ``$MLFLOW_TRACKING_URI`` > embedded sqlite under ``output_dir`` (absolute, so workers agree)."""
+    uri = cfg_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = Path(output_dir).resolve() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def default_artifact_location(uri: str, output_dir: str | os.PathLike) -> str | None:
+    """The embedded store's artifact root; a server (http://...) chooses its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(output_dir).resolve() / "mlflow" / "artifacts").as_uri()
+    return None
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+# ---- what a run records ---------------------------------------------------------------------------------
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``{"a": {"b": 1}} -> ("a.b", 1)``; lists and scalars are leaves."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def config_params(config: Mapping[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in flatten(config)}
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def manifest_hash(dataset: str | os.PathLike) -> str | None:
+    file = Path(dataset) / "manifest.json"
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else None
+
+
+class RunTracker:
+    """The driver's handle on one MLflow run: open (or reopen on resume), finish, register the model."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        self.uri = uri
+        self.client = _client(uri)
+        self.experiment_id = ensure_experiment(self.client, experiment, artifact_location)
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str | None]) -> str:
+        from mlflow.entities import Param
+
+        all_tags = {RUN_NAME_TAG: run_name, **{k: v for k, v in tags.items() if v is not None}}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        params = [Param(k, v[:_MAX_PARAM_LEN]) for k, v in config_params(config).items()]
+        for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            path.write_text(json.dumps(config, indent=2))
+            self.client.log_artifact(self.run_id, str(path))
+        return self.run_id
+
+    def reopen(self, run_id: str) -> str:
+        self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        return run_id
+
+    def end(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def has_checkpoint(self) -> bool:
+        names = {f.path for f in self.client.list_artifacts(self.run_id, CHECKPOINT_ARTIFACT)}
+        return f"{CHECKPOINT_ARTIFACT}/config.json" in names
+
+    def register(self, model_name: str) -> str:
+        """A model version whose source is this run's checkpoint artifact; returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(model_name)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        run = self.client.get_run(self.run_id)
+        source = f"{run.info.artifact_uri.rstrip('/')}/{CHECKPOINT_ARTIFACT}"
+        version = self.client.create_model_version(model_name, source, run_id=self.run_id)
+        return version.version
+
+
+class WorkerLogger:
+    """Rank 0's writer into a run the driver opened (no global MLflow state, so restarts reuse the run)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client, self.run_id = _client(uri), run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(rows), 1000):
+            self.client.log_batch(self.run_id, metrics=rows[i : i + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+# ---- reading runs and models back -------------------------------------------------------------------------
+
+
+def _model_version_source(client: Any, ref: str) -> str:
+    """``models:/name/3``, ``models:/name@alias``, ``models:/name/latest``, ``name``, ``name/3``, ``name@alias``."""
+    name = ref.removeprefix("models:/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).source
+    name, _, version = name.partition("/")
+    if version and version != "latest":
+        return client.get_model_version(name, version).source
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise LookupError(f"no registered model versions named {name!r}")
+    return max(versions, key=lambda v: int(v.version)).source
+
+
+def resolve_checkpoint(ref: str, uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """A registered model version or ``runs:/`` URI -> a local checkpoint directory (downloaded if remote)."""
+    from mlflow.artifacts import download_artifacts
+
+    client = _client(uri)
+    source = ref if ref.startswith("runs:/") else _model_version_source(client, ref)
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="dinowm-model-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    local = download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
+    if not (Path(local) / "config.json").is_file():
+        raise LookupError(f"{ref}: {source} is not a dinowm checkpoint (no config.json)")
+    return Path(local)
+
+
+def _summary(run: Any) -> dict[str, Any]:
+    info, data = run.info, run.data
+    return {
+        "name": data.tags.get(RUN_NAME_TAG) or info.run_name,
+        "run_id": info.run_id,
+        "status": info.status,
+        "start": time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_time / 1000)),
+        "metrics": {k: data.metrics[k] for k in _KEY_METRICS if k in data.metrics},
+        "checkpoint": f"runs:/{info.run_id}/{CHECKPOINT_ARTIFACT}",
+    }
+
+
+def list_runs(uri: str, experiment: str, max_results: int = 20) -> list[dict[str, Any]]:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=max_results, order_by=["attributes.start_time DESC"]
+    )
+    return [_summary(r) for r in runs]
+
+
+def find_run(uri: str, experiment: str, name_or_id: str) -> Any:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no experiment {experiment!r} in {uri}")
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name_or_id}'")
+    if found:
+        return found[0]
+    try:
+        return client.get_run(name_or_id)
+    except Exception:  # MLflow raises its own exception types for unknown ids
+        raise LookupError(f"no run named {name_or_id!r} in experiment {experiment!r}") from None
+
+
+def show_run(uri: str, experiment: str, name_or_id: str) -> dict[str, Any]:
+    run = find_run(uri, experiment, name_or_id)
+    client = _client(uri)
+    out = _summary(run)
+    out["metrics"] = dict(sorted(run.data.metrics.items()))
+    out["tags"] = {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.")}
+    out["artifacts"] = [f.path for f in client.list_artifacts(run.info.run_id)]
+    out["params"] = len(run.data.params)
+    return out

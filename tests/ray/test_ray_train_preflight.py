@@ -1,0 +1,52 @@
+"""Bad input fails in the driver, before any worker starts, with a message naming the problem (exit status 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ray.conftest import train_overrides
+
+pytestmark = pytest.mark.ray
+
+
+def _run(args, capsys):
+    from ray_jobs import train
+
+    code = train.main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "dataset_override", "message"),
+    [
+        (["training.batch_sise=8"], None, "training.batch_sise: unknown key"),
+        (["ray.num_workers=-1"], None, "ray.num_workers"),
+        (["ray.num_workers=3"], None, "training.batch_size=8 is not divisible by ray.num_workers=3"),
+        (["img_size=128"], None, "dataset frames are 64 px, config img_size is 128"),
+        (["env=point_maze"], None, "dataset is for env 'wall', config env.name is 'point_maze'"),
+        ([], "/nonexistent/dataset", "does not exist"),
+    ],
+)
+def test_bad_input_fails_before_workers(wall_dataset, tmp_path, capsys, extra, dataset_override, message):
+    import ray
+
+    args = train_overrides(wall_dataset, tmp_path, "ray.num_workers=2", *extra)
+    if dataset_override:
+        args = [a if not a.startswith("data.path=") else f"data.path={dataset_override}" for a in args]
+    was_initialized = ray.is_initialized()
+    code, err = _run(args, capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "ray_results").exists()  # no Train run directory
+    assert not (tmp_path / "mlflow").exists()  # no MLflow run either
+    assert ray.is_initialized() == was_initialized  # no cluster started for a run that cannot work
+
+
+def test_reusing_a_run_name_needs_resume(wall_dataset, tmp_path, capsys):
+    (tmp_path / "ray_results" / "wall-taken").mkdir(parents=True)
+    code, err = _run([*train_overrides(wall_dataset, tmp_path), "run_name=wall-taken"], capsys)
+    assert code == 2 and "resume=wall-taken" in err
+
+
+def test_unknown_resume_target(wall_dataset, tmp_path, capsys):
+    code, err = _run([*train_overrides(wall_dataset, tmp_path), "resume=wall-nope"], capsys)
+    assert code == 2 and "resume=wall-nope" in err
