@@ -78,14 +78,16 @@ def model_cmd(
 def quickstart_cmd(
     overrides: list[str] | None = OVERRIDES,
     output_dir: str = typer.Option("outputs/quickstart", "--output-dir", "-o", help="where results go"),
+    quick: bool = typer.Option(False, "--quick", help="tiny sizes: a one-minute smoke run"),
 ) -> None:
-    """Run the end-to-end tour on embedded defaults (offline, CPU)."""
+    """Generate data, train with Ray Train + MLflow, plan with Ray env actors: offline, on a CPU."""
     from dinowm_core.config import ConfigError
     from ray_jobs import quickstart
+    from ray_jobs.train import PreflightError
 
     try:
-        quickstart.run(output_dir, overrides or [])
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        quickstart.run(output_dir, overrides or [], quick=quick)
+    except (ConfigError, PreflightError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
 
 

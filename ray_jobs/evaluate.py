@@ -158,41 +158,39 @@ def _load(ckpt: str | Path) -> Any:
     return load_world_model(ckpt)
 
 
-def log_to_mlflow(result: EvalResult, cfg: Config, out_dir: Path, ckpt: str | None) -> str | None:
-    """Metrics, results.json and videos to MLflow when tracking is configured (``mlflow.tracking_uri`` or
-    ``$MLFLOW_TRACKING_URI``); returns the run id, or None when not configured.
+def log_to_mlflow(result: EvalResult, cfg: Config, out_dir: Path, ckpt: str | None) -> str:
+    """Record an evaluation as an MLflow run (same store as training: ``mlflow.tracking_uri``,
+    ``$MLFLOW_TRACKING_URI`` or the embedded sqlite store under ``output_dir``): the protocol as params,
+    the aggregated metrics, ``results.json`` and the videos. Returns the run id."""
+    from ray_jobs import tracking
 
-    Uses ``ray_jobs.tracking.start_run`` when that module provides it (run naming, tags, defaults),
-    else a plain MLflow run.
-    """
-    import os
-
-    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return None
-    import mlflow
-
-    try:
-        from ray_jobs import tracking
-
-        start_run = getattr(tracking, "start_run", None)
-    except ImportError:
-        start_run = None
+    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, cfg.output_dir)
+    tracker = tracking.RunTracker(
+        uri, cfg.mlflow.experiment, tracking.default_artifact_location(uri, cfg.output_dir)
+    )
+    protocol = {k: v for k, v in result.protocol.items() if not isinstance(v, dict | list)}
     run_name = f"plan-{result.protocol['policy']}-{cfg.env.name}"
-    if start_run is None:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.mlflow.experiment)
-        ctx = mlflow.start_run(run_name=run_name)
-    else:
-        ctx = start_run(cfg, run_name=run_name)
-    with ctx as run:
-        flat_params = {k: v for k, v in result.protocol.items() if not isinstance(v, dict | list)}
-        mlflow.log_params({**flat_params, "seeds": str(cfg.eval.seeds), "checkpoint": str(ckpt)})
-        mlflow.log_metrics(result.flat_metrics("plan"))
-        mlflow.log_artifact(str(Path(out_dir) / "results.json"))
+    tags = {
+        "dinowm.kind": "evaluation",
+        "env": cfg.env.name,
+        "checkpoint": str(ckpt),
+        "git_commit": tracking.git_commit(),
+    }
+    run_id = tracker.start(
+        run_name, {"eval": protocol, "seeds": cfg.eval.seeds, "checkpoint": str(ckpt)}, tags
+    )
+    try:
+        client = tracker.client
+        for key, value in result.flat_metrics("plan").items():
+            client.log_metric(run_id, key, float(value))
+        client.log_artifact(run_id, str(Path(out_dir) / "results.json"))
         if (Path(out_dir) / "videos").is_dir():
-            mlflow.log_artifacts(str(Path(out_dir) / "videos"), artifact_path="videos")
-        return run.info.run_id
+            client.log_artifacts(run_id, str(Path(out_dir) / "videos"), artifact_path="videos")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return run_id
 
 
 def init_ray(cfg: Config) -> None:

@@ -1,23 +1,28 @@
-"""`dinowm quickstart`: the end-to-end tour on embedded defaults, offline, on a CPU.
+"""`dinowm quickstart`: the whole pipeline on embedded defaults, offline, on a CPU.
 
-Stages run in order and each prints what it did; stages whose subsystem is not installed yet are skipped
-with a message. Today: build the reference architecture and the offline model, save a checkpoint, reload it
-and check it is bit-identical, then roll it out from real environment frames when the envs are available.
+1. generate a Wall dataset (parallel workers, Arrow store);
+2. train a small world model with Ray Train (embedded local cluster, DDP over 2 workers), tracked in MLflow
+   (local sqlite store) with a registered model version;
+3. evaluate MPC-CEM planning against a random-action baseline with Ray environment actors, at a fixed
+   budget of 50 env steps (no early stop from the simulator), with success-rate confidence intervals;
+4. print where everything is.
+
+The model is the offline one (``encoder=dino_tiny``: the DINOv2 architecture with frozen random weights), so
+expect modest success rates: the point is the pipeline. ``--quick`` shrinks every stage (a smoke run).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
-# The offline quickstart model: DINOv2 architecture at small width with frozen random weights (no download),
-# a small residual predictor and decoder, 64 px frames -> 16 patch tokens.
-OFFLINE = [
+# The offline quickstart model: frozen random DINOv2-architecture encoder (no download), small residual
+# predictor and decoder, 64 px frames -> 16 patch tokens; Wall with the paper's history 1, frameskip 5.
+MODEL = [
     "env=wall",
     "encoder=dino_tiny",
     "predictor=vit_small",
@@ -26,55 +31,100 @@ OFFLINE = [
     "frameskip=5",
     "num_hist=1",
 ]
+# The planner of the platform prototype: CEM horizon 5, 100 samples, top 10, 5 iterations, replanning
+# every 25 env steps; Wall goals from the env's init/goal sampler; 50 env steps per episode.
+PLAN = [
+    "planner=mpc_cem",
+    "planner.cem.num_samples=100",
+    "planner.cem.topk=10",
+    "planner.cem.opt_steps=5",
+    "eval.goal_source=random_state",
+    "eval.budget=50",
+    "eval.n_plot_samples=2",
+]
+SIZES = {
+    # episodes, steps per episode, optimizer steps, batch, evaluation episodes
+    "full": {"episodes": 300, "steps": 50, "max_steps": 400, "batch": 32, "n_evals": 20},
+    "quick": {"episodes": 24, "steps": 30, "max_steps": 6, "batch": 8, "n_evals": 4},
+}
 
 
-def _say(msg: str) -> None:
+def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def run(output_dir: str, overrides: list[str]) -> Path:
-    from dinowm_core import build_world_model, load_config, load_world_model, save_world_model
-    from dinowm_core.models.summary import model_summary
+def run(output_dir: str, overrides: list[str], *, quick: bool = False) -> dict:
+    from dinowm_core import load_config
+    from dinowm_core.data.generate import generate
+    from dinowm_core.data.store import TrajectoryStore
+    from dinowm_core.training.checkpoint import load_world_model
+    from ray_jobs import evaluate as ray_eval
+    from ray_jobs import train as ray_train
+    from ray_jobs.tracking import tracking_uri
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    size = SIZES["quick" if quick else "full"]
+    out = Path(output_dir).resolve()
+    data = out / "data"
+    t_start = time.perf_counter()
+    cfg = load_config(
+        [
+            *MODEL,
+            *PLAN,
+            f"data.path={data}",
+            "data.num_workers=0",
+            f"output_dir={out}",
+            f"training.batch_size={size['batch']}",
+            "training.epochs=1000",
+            f"training.max_steps={size['max_steps']}",
+            "training.val_max_batches=4",
+            "training.num_val_rollouts=2",
+            "ray.num_workers=2",
+            f"eval.n_evals={size['n_evals']}",
+            "eval.seeds=[0]",
+            "eval.device=cpu",
+            *overrides,
+        ]
+    )
+
+    _say(f"[1/3] data: {size['episodes']} random Wall episodes x {size['steps']} steps at {cfg.img_size} px")
     t0 = time.perf_counter()
+    if not (data / "manifest.json").is_file():
+        generate("wall", size["episodes"], size["steps"], data, seed=0, workers=2, img_size=cfg.img_size)
+    store = TrajectoryStore(data)
+    _say(f"      {store.num_episodes} episodes in {data} ({time.perf_counter() - t0:.1f}s)")
 
-    _say("[1/3] reference DINO-WM architecture (random encoder weights: no download here)")
-    ref = build_world_model(load_config(["encoder.pretrained=false"]))
-    _say(model_summary(ref)["text"])
-    del ref
+    _say(f"\n[2/3] training on Ray Train: {cfg.ray.num_workers} workers, {size['max_steps']} steps at batch "
+         f"{cfg.training.batch_size}")  # fmt: skip
+    t0 = time.perf_counter()
+    outcome = ray_train.run(cfg)
+    ckpt = outcome.checkpoint
+    if ckpt is None:
+        raise RuntimeError("training finished without a checkpoint")
+    val = {k: round(v, 5) for k, v in outcome.metrics.items() if k.startswith("val/") and "loss" in k}
+    _say(f"      run {outcome.run_name}: checkpoint {ckpt}, model version {outcome.model_version} "
+         f"({time.perf_counter() - t0:.0f}s); {json.dumps(val)}")  # fmt: skip
 
-    cfg = load_config([*OFFLINE, f"output_dir={out}", *overrides])
-    _say(f"\n[2/3] offline model ({' '.join(OFFLINE[:5])} ...)")
-    wm = build_world_model(cfg)
-    _say(model_summary(wm)["text"])
-    ckpt = save_world_model(wm, out / "checkpoint")
-    wm2 = load_world_model(ckpt)
-    same = all(
-        torch.equal(a, b) for a, b in zip(wm.state_dict().values(), wm2.state_dict().values(), strict=True)
-    )
-    _say(f"      checkpoint written to {ckpt} and reloaded: {'bit-identical' if same else 'MISMATCH'}")
-    if not same:
-        raise SystemExit("checkpoint round trip failed")
+    _say(f"\n[3/3] planning: MPC-CEM vs random actions, {cfg.eval.n_evals} episodes, budget {cfg.eval.budget} "
+         "env steps, Ray environment actors")  # fmt: skip
+    wm = load_world_model(ckpt)
+    results = {}
+    for policy in ("planner", "random"):
+        pcfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"policy": policy})})
+        t0 = time.perf_counter()
+        out_dir = out / "plan" / policy
+        res = ray_eval.evaluate_on_ray(ckpt, pcfg, wm=wm, out_dir=out_dir)
+        run_id = ray_eval.log_to_mlflow(res, pcfg, out_dir, ckpt)
+        s = res.summary()
+        lo, hi = s["success_ci95"]
+        name = res.protocol["policy"]
+        results[name] = s
+        _say(f"      {name:<8} success {s['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}), mean final distance "
+             f"{s['mean_distance']:.1f} px  [{time.perf_counter() - t0:.0f}s, MLflow run {run_id[:8]}]")  # fmt: skip
 
-    _say("\n[3/3] open-loop rollout from real environment frames")
-    try:
-        from dinowm_core.envs import make_env
-    except ImportError as e:  # pragma: no cover - envs are part of the package
-        _say(f"      skipped: {e}")
-        return ckpt
-    env = make_env(cfg.env.name, img_size=cfg.img_size)
-    init, _ = env.sample_init_goal(seed=0)
-    obs, _ = env.reset(options={"state": init})
-    visual = torch.from_numpy(obs["visual"]).permute(2, 0, 1).float().div(127.5).sub(1)
-    obs_t = {"visual": visual[None, None], "proprio": torch.from_numpy(obs["proprio"])[None, None]}
-    with torch.no_grad():
-        z_obs, _ = wm2.eval().rollout(obs_t, torch.zeros(1, 5, cfg.action_dim))
-        frames = wm2.decode_visual(z_obs["visual"])[0]
-    _say(
-        f"      imagined {z_obs['visual'].shape[1]} latent frames {tuple(z_obs['visual'].shape)}, "
-        f"decoded to {tuple(frames.shape)} (untrained model: train it with the training pipeline)"
-    )
-    _say(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs in {out}")
-    return ckpt
+    uri = tracking_uri(cfg.mlflow.tracking_uri, cfg.output_dir)
+    _say(f"\ndone in {time.perf_counter() - t_start:.0f}s. Outputs in {out}:")
+    _say(f"  checkpoint   {ckpt}")
+    _say(f"  videos       {out / 'plan' / 'planner' / 'videos'}  (real | imagined | goal)")
+    _say(f"  runs         dinowm runs list -o {out}")
+    _say(f"  MLflow UI    mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    return {"checkpoint": str(ckpt), "run_name": outcome.run_name, "results": results}

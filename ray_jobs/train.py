@@ -289,6 +289,14 @@ def _worker_logging() -> None:
         logger.handlers = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    # Train V2 logs every report's whole metrics dict at INFO from a logger named after its file path (not
+    # covered by LoggingConfig); our own per-epoch line says the same in one line.
+    try:
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - Ray internals moved
+        pass
 
 
 def train_loop(spec: dict[str, Any]) -> None:
