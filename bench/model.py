@@ -53,7 +53,9 @@ def timeit(fn, device: str, min_time: float, warmup: int = 2) -> float:
 
 def autocast(device: str, dtype: str):
     if dtype == "bf16":
-        return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        return torch.autocast(
+            device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16
+        )
     return contextlib.nullcontext()
 
 
@@ -78,8 +80,14 @@ def bench_predictor(label, overrides, batch, device, dtype, min_time, ref_gflops
     n_tok = cfg.num_visual_tokens
     dim = 384 + cfg.proprio_emb_dim + cfg.action_emb_dim
     pred = ViTPredictor(
-        num_patches=n_tok, num_frames=cfg.num_hist, dim=dim, depth=p.depth, heads=p.heads,
-        dim_head=p.dim_head, mlp_dim=p.mlp_dim, dropout=p.dropout,
+        num_patches=n_tok,
+        num_frames=cfg.num_hist,
+        dim=dim,
+        depth=p.depth,
+        heads=p.heads,
+        dim_head=p.dim_head,
+        mlp_dim=p.mlp_dim,
+        dropout=p.dropout,
     ).to(device)
     tokens = cfg.num_hist * n_tok
     x = torch.randn(batch, tokens, dim, device=device)
@@ -102,9 +110,19 @@ def bench_predictor(label, overrides, batch, device, dtype, min_time, ref_gflops
         sec = timeit(step, device, min_time)
         mult = 1 if mode == "forward" else 3
         gflops = flops_tok * tokens * batch * mult / sec / 1e9
-        emit(bench="predictor", config=label, mode=mode, device=device, dtype=dtype, batch=batch, tokens=tokens,
-             tokens_per_s=round(tokens * batch / sec), gflops=round(gflops, 1),
-             frac_of_matmul=round(gflops / ref_gflops, 3), ms_per_call=round(sec * 1e3, 2))
+        emit(
+            bench="predictor",
+            config=label,
+            mode=mode,
+            device=device,
+            dtype=dtype,
+            batch=batch,
+            tokens=tokens,
+            tokens_per_s=round(tokens * batch / sec),
+            gflops=round(gflops, 1),
+            frac_of_matmul=round(gflops / ref_gflops, 3),
+            ms_per_call=round(sec * 1e3, 2),
+        )
 
 
 def bench_encoder(batch, device, dtype, min_time, ref_gflops):
@@ -118,11 +136,19 @@ def bench_encoder(batch, device, dtype, min_time, ref_gflops):
     sec = timeit(step, device, min_time)
     flops = vit_flops_per_token(384, 12, 384, 1536, 197) * 197 * batch
     gflops = flops / sec / 1e9
-    emit(bench="encoder", config="dinov2_vits14@196", device=device, dtype=dtype, batch=batch,
-         images_per_s=round(batch / sec, 1), gflops=round(gflops, 1), frac_of_matmul=round(gflops / ref_gflops, 3))
+    emit(
+        bench="encoder",
+        config="dinov2_vits14@196",
+        device=device,
+        dtype=dtype,
+        batch=batch,
+        images_per_s=round(batch / sec, 1),
+        gflops=round(gflops, 1),
+        frac_of_matmul=round(gflops / ref_gflops, 3),
+    )
 
 
-def bench_train_step(label, overrides, batch, device, dtype, min_time):
+def bench_train_step(label, overrides, batch, device, dtype, min_time, ref_gflops=None):
     cfg = load_config(overrides)
     wm = build_world_model(cfg).to(device).train()
     params = [p for p in wm.parameters() if p.requires_grad]
@@ -145,9 +171,24 @@ def bench_train_step(label, overrides, batch, device, dtype, min_time):
         torch.cuda.reset_peak_memory_stats()
     sec = timeit(step, device, min_time, warmup=1)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    emit(bench="train_step", config=label, device=device, dtype=dtype, batch=batch,
-         samples_per_s=round(batch / sec, 2), s_per_step=round(sec, 3),
-         peak_gpu_mem_gib=None if peak is None else round(peak, 2))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # FLOPs of one whole step (encoder, predictor, decoder; forward and backward)
+        step()
+    tflops = counter.get_total_flops() / sec / 1e12
+    emit(
+        bench="train_step",
+        config=label,
+        device=device,
+        dtype=dtype,
+        batch=batch,
+        samples_per_s=round(batch / sec, 2),
+        s_per_step=round(sec, 3),
+        achieved_tflops=round(tflops, 2),
+        mfu_vs_matmul=round(tflops * 1e3 / ref_gflops, 3) if ref_gflops else None,
+        peak_gpu_mem_gib=None if peak is None else round(peak, 2),
+    )
 
 
 def main() -> None:
@@ -161,9 +202,14 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     min_time = args.min_time or (1.0 if gpu else 2.0)
     torch.manual_seed(0)
-    emit(bench="machine", device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
-         cpu=platform.processor() or platform.machine(),
-         gpu=torch.cuda.get_device_name() if gpu else None)
+    emit(
+        bench="machine",
+        device=args.device,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        gpu=torch.cuda.get_device_name() if gpu else None,
+    )
     for dtype in args.dtypes.split(","):
         ref = matmul_gflops(args.device, dtype, min_time)
         emit(bench="matmul", device=args.device, dtype=dtype, gflops=round(ref, 1))
@@ -171,9 +217,9 @@ def main() -> None:
         bench_predictor("small_16p", SMALL, 256 if gpu else 32, args.device, dtype, min_time, ref)
         bench_encoder(128 if gpu else 8, args.device, dtype, min_time, ref)
         if args.train:
-            bench_train_step("reference_196p", REFERENCE, 32 if gpu else 4, args.device, dtype, min_time)
+            bench_train_step("reference_196p", REFERENCE, 32 if gpu else 4, args.device, dtype, min_time, ref)
             if not args.quick:
-                bench_train_step("small_16p", SMALL, 32, args.device, dtype, min_time)
+                bench_train_step("small_16p", SMALL, 32, args.device, dtype, min_time, ref)
 
 
 if __name__ == "__main__":

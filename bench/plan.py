@@ -14,6 +14,7 @@ observation re-encoded for all samples, ``wm.rollout`` without a cache, fp32.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -125,18 +126,30 @@ def bench_config(name: str, args) -> None:
                 **base,
             )
         for dtype in args.dtypes:
-            amp = dtype == "bf16"
+            # fp32; bf16 = autocast; bf16w = autocast with the model's weights and latents stored in bf16
+            # (no per-call weight casts; LayerNorm and softmax still accumulate in fp32 under autocast).
+            amp = dtype in ("bf16", "bf16w", "bf16u")
+            model, z0_d, zg_d = wm, z0, zg
+            align = False if dtype == "bf16u" else None  # bf16u: width not aligned (the 404-wide GEMMs)
+            if dtype == "bf16w":
+                model = copy.deepcopy(wm).to(torch.bfloat16)
+                z0_d, zg_d = ({k: v.to(torch.bfloat16) for k, v in z.items()} for z in (z0, zg))
             kw = dict(
-                horizon=h, num_samples=args.num_samples, topk=args.topk, amp=amp, chunk_size=args.chunk_size
+                horizon=h,
+                num_samples=args.num_samples,
+                topk=args.topk,
+                amp=amp,
+                chunk_size=args.chunk_size,
+                align=align,
             )
-            cem_plan(wm, z0, zg, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
+            cem_plan(model, z0_d, zg_d, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
             reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
             res = cem_plan(
-                wm,
-                z0,
-                zg,
+                model,
+                z0_d,
+                zg_d,
                 opt_steps=args.opt_steps,
                 generator=[torch.Generator(device=device).manual_seed(s) for s in range(b)],
                 **kw,

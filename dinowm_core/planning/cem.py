@@ -66,6 +66,7 @@ def cem_plan(
     kv_cache: bool = True,
     context_actions: torch.Tensor | None = None,
     action_dim: int | None = None,
+    align: bool | None = None,
 ) -> PlanResult:
     """Plan (B, H, A) actions from context latents ``z_obs0`` (B, n, ...) towards ``z_goal`` (B|1, 1, ...).
 
@@ -94,6 +95,7 @@ def cem_plan(
         chunk_size=chunk_size,
         amp=amp,
         kv_cache=kv_cache,
+        align=align,
     )
     best, step_s = [], []
     for _ in range(opt_steps):

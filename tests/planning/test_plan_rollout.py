@@ -61,3 +61,43 @@ def test_too_few_actions_for_the_context_is_an_error():
         z_obs0 = wm.encode_obs(tiny_obs(wm.cfg, b=1, t=3))
     with pytest.raises(ValueError, match="at least 3 actions"):
         fast_rollout(wm, z_obs0, torch.randn(1, 2, wm.cfg.action_dim))
+
+
+@pytest.mark.parametrize("concat", ["channel", "token"])
+def test_width_aligned_rollout_matches(concat):
+    from dinowm_core import build_world_model, load_config
+    from dinowm_core.planning.rollout import aligned_predictor, fast_rollout
+
+    cfg = load_config(["env=wall", "encoder=dino_tiny", "img_size=64", "decoder=none", f"concat={concat}"])
+    wm = build_world_model(cfg).eval()
+    p = aligned_predictor(wm.predictor)
+    assert p.dim % 8 == 0 and p.dim > wm.predictor.dim or wm.predictor.dim % 8 == 0
+    dp = 10 if concat == "channel" else 64
+    z0 = {"visual": torch.randn(3, 1, 16, 64), "proprio": torch.randn(3, 1, dp)}
+    act = torch.randn(3, 6, 10)
+    with torch.no_grad():
+        ref, _ = wm.rollout(None, act, z_obs0=z0)
+        got, _ = fast_rollout(wm, z0, act, align=True)
+        # the padded features of the aligned predictor stay exactly zero
+        x = torch.nn.functional.pad(torch.randn(2, 16, wm.predictor.dim), (0, p.dim - wm.predictor.dim))
+        assert torch.count_nonzero(p(x)[..., wm.predictor.dim :]) == 0
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=2e-5)
+
+
+def test_aligned_copy_follows_weight_updates():
+    from dinowm_core import build_world_model, load_config
+    from dinowm_core.planning.rollout import fast_rollout
+
+    wm = build_world_model(
+        load_config(["env=wall", "encoder=dino_tiny", "img_size=64", "decoder=none"])
+    ).eval()
+    z0 = {"visual": torch.randn(2, 1, 16, 64), "proprio": torch.randn(2, 1, 10)}
+    act = torch.randn(2, 3, 10)
+    with torch.no_grad():
+        before, _ = fast_rollout(wm, z0, act, align=True)
+        wm.predictor.norm.bias.add_(1.0)  # in-place update bumps the parameter version
+        after, _ = fast_rollout(wm, z0, act, align=True)
+        ref, _ = wm.rollout(None, act, z_obs0=z0)
+    assert not torch.allclose(before["visual"], after["visual"])
+    torch.testing.assert_close(after["visual"], ref["visual"], rtol=0, atol=2e-5)
