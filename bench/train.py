@@ -8,8 +8,14 @@ Prints one JSON object per line. Every configuration runs in a fresh subprocess 
   and the 16-patch config (img_size=64); with the feature cache the encoder pass is replaced by fp16 tokens.
 * ``e2e`` rows: ``fit()`` on a generated Wall dataset (data loading, validation excluded from the timing).
 
+Each row has ``s_per_step`` (best of ``--steps`` timed steps after one warm-up step), ``s_per_step_median``,
+``cores_used`` (process CPU time / wall time over the timed steps: below the thread count means the machine was
+shared; on 2 cores a contended fp32 16-patch step went from 7 s to 12-14 s) and the 1-minute load average
+before and after the row. The reference default at batch 32 is slow on CPU: time it with ``--steps 1``.
+
     python bench/train.py                                  # default matrix (long on 2 CPU cores)
-    python bench/train.py --configs small --batches 32 --dtypes fp32,bf16
+    python bench/train.py --kinds model --configs small --batches 32 --dtypes fp32,bf16
+    python bench/train.py --kinds model --configs reference --batches 32 --dtypes bf16 --cache false --steps 1
     python bench/train.py --device cuda
 """
 
@@ -71,18 +77,27 @@ def bench_model(name: str, batch: int, dtype: str, cache: bool, device: torch.de
         )
     act = torch.randn(batch, t, cfg.action_dim, device=device)
     model, dt = LossModule(wm), amp_dtype(cfg, device)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up (allocator, oneDNN primitives, cuDNN autotune)
+    times, cpu = [], 0.0
+    for i in range(steps + 1):  # the first step warms up (allocator, oneDNN primitives, cuDNN autotune)
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_step(model, opts, scheds, obs, act, cfg, device, dt)
         _sync(device)
         times.append(time.perf_counter() - start)
-    sec = sorted(times[1:])[len(times[1:]) // 2]  # median
-    return {"s_per_step": round(sec, 3), "samples_per_s": round(batch / sec, 2)}
+        cpu += (time.process_time() - cpu_start) if i else 0.0
+    return _timing(times[1:], batch) | {"cores_used": round(cpu / sum(times[1:]), 2)}
 
 
-def bench_e2e(name: str, batch: int, dtype: str, cache: bool, device: torch.device, steps: int) -> dict:
+def _timing(times: list[float], batch: int) -> dict:
+    """Best of the timed steps (the least disturbed by other load on a shared machine) and the median."""
+    best, median = min(times), sorted(times)[len(times) // 2]
+    return {"s_per_step": round(best, 3), "samples_per_s": round(batch / best, 2),
+            "s_per_step_median": round(median, 3)}  # fmt: skip
+
+
+def bench_e2e(
+    name: str, batch: int, dtype: str, cache: bool, device: torch.device, steps: int, loader_workers: int = 2
+) -> dict:
     from dinowm_core import load_config
     from dinowm_core.data.features import encode_dataset
     from dinowm_core.data.generate import generate
@@ -108,22 +123,24 @@ def bench_e2e(name: str, batch: int, dtype: str, cache: bool, device: torch.devi
                            f"training.amp={amp}", f"data.feature_cache={str(cache).lower()}",
                            f"training.max_steps={steps + 1}", "training.log_every_steps=1",
                            "training.num_val_rollouts=0", "training.val_max_batches=1",
-                           "training.num_reconstruct_samples=0", "data.num_workers=2"])  # fmt: skip
+                           "training.num_reconstruct_samples=0", f"data.num_workers={loader_workers}"])  # fmt: skip
         if cache:
             encode_dataset(
                 data, cfg.encoder.name, img_size=cfg.img_size, encoder=build_world_model(cfg).encoder
             )
         hooks = Timing(device=str(device), run_dir=tmp)
         fit(cfg, hooks)
-    sec = sorted(hooks.rows[1:])[len(hooks.rows[1:]) // 2]
-    return {"s_per_step": round(sec, 3), "samples_per_s": round(batch / sec, 2)}
+    return _timing(hooks.rows[1:], batch)
 
 
 def run_one(spec: dict) -> None:
     device = torch.device(spec["device"])
-    fn = bench_model if spec["kind"] == "model" else bench_e2e
-    out = fn(spec["config"], spec["batch"], spec["dtype"], spec["cache"], device, spec["steps"])
-    emit(**spec, **out, peak_mem_gib=round(_peak(device), 2), threads=torch.get_num_threads())
+    args = (spec["config"], spec["batch"], spec["dtype"], spec["cache"], device, spec["steps"])
+    load_before = os.getloadavg()[0]
+    out = bench_model(*args) if spec["kind"] == "model" else bench_e2e(*args, spec["loader_workers"])
+    emit(**spec, **out, peak_mem_gib=round(_peak(device), 2), threads=torch.get_num_threads(),
+         interop_threads=torch.get_num_interop_threads(),
+         load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)])  # fmt: skip
 
 
 def main() -> None:
@@ -135,6 +152,7 @@ def main() -> None:
     ap.add_argument("--cache", default="false,true")
     ap.add_argument("--kinds", default="model,e2e")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--loader-workers", type=int, default=2, help="data.num_workers of the e2e rows")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -146,7 +164,8 @@ def main() -> None:
                 for dtype in args.dtypes.split(","):
                     for cache in (c == "true" for c in args.cache.split(",")):
                         spec = {"kind": kind, "config": config, "batch": batch, "dtype": dtype, "cache": cache,
-                                "device": args.device, "steps": args.steps}  # fmt: skip
+                                "device": args.device, "steps": args.steps,
+                                "loader_workers": args.loader_workers}  # fmt: skip
                         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                               capture_output=True, text=True)  # fmt: skip
                         if proc.returncode:

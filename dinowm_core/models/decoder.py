@@ -119,7 +119,11 @@ class VQVAEDecoder(nn.Module):
         diff = z.new_zeros(())
         if self.quantizer is not None:
             x, diff = self.quantizer(x)
-        x = rearrange(x, "n h w e -> n e h w")
+        # oneDNN's CPU convolutions run channels-last without reorders and keep that layout through the stack:
+        # measured on 2 cores (batch 32 x 4 frames, 16 patches, forward + backward) 5.3 s vs 6.2 s in NCHW (fp32),
+        # 2.5 s vs 2.6 s (bf16), with every conv at about the FMA peak (fp32 ~210-235, bf16 ~380-490 GFLOP/s).
+        # The permuted view already has channels-last strides, so this is free (no copy); it keeps it that way.
+        x = rearrange(x, "n h w e -> n e h w").contiguous(memory_format=torch.channels_last)
         return self.dec(self.upsample_b(x)), diff
 
 
