@@ -22,7 +22,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dinowm_core import build_world_model, load_config  # noqa: E402
-from dinowm_core.models.predictor import ViTPredictor  # noqa: E402
 
 REFERENCE = ["encoder.pretrained=false"]  # 224 px, 196 patches, ViT-S/14 architecture, width 404
 SMALL = ["encoder.pretrained=false", "img_size=64"]  # same model, 16 patches
@@ -78,17 +77,8 @@ def bench_predictor(label, overrides, batch, device, dtype, min_time, ref_gflops
     cfg = load_config(overrides)
     p = cfg.predictor
     n_tok = cfg.num_visual_tokens
-    dim = 384 + cfg.proprio_emb_dim + cfg.action_emb_dim
-    pred = ViTPredictor(
-        num_patches=n_tok,
-        num_frames=cfg.num_hist,
-        dim=dim,
-        depth=p.depth,
-        heads=p.heads,
-        dim_head=p.dim_head,
-        mlp_dim=p.mlp_dim,
-        dropout=p.dropout,
-    ).to(device)
+    pred = build_world_model(cfg).predictor.to(device)  # the reference predictor for this config
+    dim = pred.dim
     tokens = cfg.num_hist * n_tok
     x = torch.randn(batch, tokens, dim, device=device)
     flops_tok = vit_flops_per_token(dim, p.depth, p.heads * p.dim_head, p.mlp_dim, tokens)

@@ -82,7 +82,12 @@ def head_cluster(tmp_path_factory):
     cmd = [RAY, "start", "--head", "--block", "--temp-dir", temp_dir, "--port", str(_free_port()),
            "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1", "--ray-client-server-port",
            str(_free_port()), "--num-cpus", "2", "--object-store-memory", str(150 * 1024**2),
-           "--include-dashboard", "true", "--disable-usage-stats"]  # fmt: skip
+           "--include-dashboard", "true", "--disable-usage-stats",
+           # Every default port moved too: another Ray cluster on this machine (the test session's) already
+           # holds them, and a job agent that cannot bind its port never registers ("No available agent").
+           "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+           "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+           "--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port())]  # fmt: skip
     log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed at teardown
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
