@@ -22,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,41 +127,15 @@ def run_episode(
     return Episode.build(np.stack(frames), np.stack(actions), np.stack(states), np.stack(proprio), params)
 
 
-def simulate_shard(spec_dict: dict[str, Any], shard: int) -> tuple[list[Episode], int]:
-    """Roll every episode of shard ``shard``; returns them and the index of the first."""
+def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> dict[str, Any]:
+    """Generate and write shard ``shard`` into ``partial_dir`` (Arrow file, then its JSON sidecar)."""
     spec = GenerationSpec(**spec_dict)
     env, params = build_env(spec)
     eps = spec.shard_episodes(shard)
-    return [run_episode(env, params, spec, e) for e in eps], eps.start
-
-
-def store_shard(partial_dir: str, shard: int, episodes: list[Episode], first: int) -> dict[str, Any]:
-    """Write a simulated shard into ``partial_dir`` (Arrow file, then its JSON sidecar)."""
-    info = write_shard(partial_dir, shard, episodes, first, 1.0)  # actions are stored in env units
+    episodes = [run_episode(env, params, spec, e) for e in eps]
+    info = write_shard(partial_dir, shard, episodes, eps.start, 1.0)  # actions are stored in env units
     atomic_write_text(_sidecar(Path(partial_dir), shard), json.dumps(info.to_dict()))
     return info.to_dict()
-
-
-def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> dict[str, Any]:
-    """Generate and write shard ``shard`` into ``partial_dir``."""
-    return store_shard(partial_dir, shard, *simulate_shard(spec_dict, shard))
-
-
-def _generate_in_process(tasks: list[tuple[dict[str, Any], int, str]]) -> Iterator[dict[str, Any]]:
-    """Shards one after another, each written by a background thread while the next one is simulated.
-
-    Compression, checksums and file writes run in pyarrow / hashlib without the GIL, so a single worker keeps
-    the env stepping while the previous shard is stored; the output is byte-identical to the plain order.
-    """
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
-        for spec_dict, shard, partial_dir in tasks:
-            episodes, first = simulate_shard(spec_dict, shard)
-            if pending is not None:
-                yield pending.result()
-            pending = writer.submit(store_shard, partial_dir, shard, episodes, first)
-        if pending is not None:
-            yield pending.result()
 
 
 def _sidecar(partial: Path, shard: int) -> Path:
@@ -276,7 +249,8 @@ def generate(
                desc=f"generate {env_name}", disable=not progress)  # fmt: skip
     with bar:
         if workers <= 1 or len(tasks) <= 1:
-            _collect(_generate_in_process(tasks), done, bar)
+            results = map(_run_shard, tasks)
+            _collect(results, done, bar)
         else:
             with _worker_environment():
                 pool = mp.get_context("spawn").Pool(min(workers, len(tasks)))
