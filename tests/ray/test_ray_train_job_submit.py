@@ -76,6 +76,9 @@ def head_cluster(tmp_path_factory):
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # the job's entrypoint runs on the head's PATH: make it this interpreter's environment (CI does not
+        # activate the virtualenv)
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     temp_dir = tempfile.mkdtemp(prefix="dwh-", dir="/tmp")
     dash = _free_port()
@@ -132,7 +135,7 @@ def test_job_submit_trains_to_completion(head_cluster, wall_dataset, tmp_path):
     out = tmp_path / "out"
     args = train_overrides(wall_dataset, out, "training.epochs=2", "ray.num_workers=1")
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-           "python", "-m", "ray_jobs.train", *args]  # fmt: skip
+           sys.executable, "-m", "ray_jobs.train", *args]  # fmt: skip
     # The dashboard answers before the node's job agent registers (slow on a loaded 2-core machine); that
     # refusal means nothing ran yet, so resubmitting is safe. Polling an external server's readiness.
     deadline = time.monotonic() + 240
