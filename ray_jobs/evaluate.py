@@ -82,7 +82,12 @@ class RemotePolicy:
 def make_env_actors(cfg: Config, num_actors: int | None, cpus_per_actor: float) -> Episodes:
     """``num_actors`` env actors (None = one per episode) sharing ``eval.n_evals`` slots."""
     e = cfg.eval
-    n = min(e.n_evals, num_actors or e.n_evals)
+    if num_actors is None:
+        # One actor per episode, but never more than the cluster can run at once: actors that cannot be
+        # placed would wait forever (each MPC step gathers every actor's observation).
+        capacity = max(1, int(ray.cluster_resources().get("CPU", 1) / cpus_per_actor))
+        num_actors = min(e.n_evals, capacity)
+    n = min(e.n_evals, num_actors)
     per = math.ceil(e.n_evals / n)
     slots = [min(per, e.n_evals - i * per) for i in range(n) if e.n_evals - i * per > 0]
     actor_cls = ray.remote(num_cpus=cpus_per_actor)(EpisodeGroup)

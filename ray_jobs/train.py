@@ -27,6 +27,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,9 @@ def _worker_logging() -> None:
         logger.handlers = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    # DDP notes that the decoder's channels-last 1x1 conv grads are copied into its buckets (a small copy, not
+    # an error); once per worker is noise in the driver's output.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     # Train V2 logs every report's whole metrics dict at INFO from a logger named after its file path (not
     # covered by LoggingConfig); our own per-epoch line says the same in one line.
     try:
