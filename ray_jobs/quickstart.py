@@ -44,7 +44,7 @@ PLAN = [
 ]
 SIZES = {
     # episodes, steps per episode, optimizer steps, batch, evaluation episodes
-    "full": {"episodes": 300, "steps": 50, "max_steps": 400, "batch": 32, "n_evals": 20},
+    "full": {"episodes": 600, "steps": 50, "max_steps": 1200, "batch": 32, "n_evals": 20},
     "quick": {"episodes": 24, "steps": 30, "max_steps": 6, "batch": 8, "n_evals": 4},
 }
 
