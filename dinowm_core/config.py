@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from dinowm_core.config_base import ConfigModel
+
+# Re-exported (``X as X``): callers import every section from here.
+from dinowm_core.planning_config import CEMConfig as CEMConfig
+from dinowm_core.planning_config import EvalConfig as EvalConfig
+from dinowm_core.planning_config import GDConfig as GDConfig
+from dinowm_core.planning_config import MPCConfig as MPCConfig
+from dinowm_core.planning_config import ObjectiveConfig as ObjectiveConfig
+from dinowm_core.planning_config import PlannerConfig as PlannerConfig
 
 GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
 
@@ -32,11 +42,7 @@ class ConfigError(ValueError):
     """A config could not be built; the message names the offending key."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class EnvConfig(_Model):
+class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
     name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher"]
@@ -52,7 +58,7 @@ class EnvConfig(_Model):
 DinoName = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny"]
 
 
-class EncoderConfig(_Model):
+class EncoderConfig(ConfigModel):
     name: Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny", "conv"]
     feature: Literal["patch", "cls"] = Field("patch", description="patch tokens or the CLS token")
     pretrained: bool = Field(True, description="false = random init (tests, offline demos)")
@@ -82,7 +88,7 @@ class EncoderConfig(_Model):
         return self
 
 
-class PredictorConfig(_Model):
+class PredictorConfig(ConfigModel):
     name: Literal["vit"] = "vit"
     depth: int = Field(6, gt=0)
     heads: int = Field(16, gt=0)
@@ -95,7 +101,7 @@ class PredictorConfig(_Model):
     residual: bool = False
 
 
-class DecoderConfig(_Model):
+class DecoderConfig(ConfigModel):
     name: Literal["vqvae", "transposed_conv", "none"] = "vqvae"
     channel: int = Field(384, gt=0)
     n_res_block: int = Field(4, ge=0)
@@ -110,96 +116,7 @@ class DecoderConfig(_Model):
     stride: int = Field(3, gt=0)
 
 
-class CEMConfig(_Model):
-    num_samples: int = Field(300, gt=0)
-    topk: int = Field(30, gt=0)
-    var_scale: float = Field(1.0, gt=0)
-    opt_steps: int = Field(30, gt=0)
-    chunk_size: int | None = Field(
-        None,
-        gt=0,
-        description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all",
-    )
-
-
-class GDConfig(_Model):
-    lr: float = Field(1.0, gt=0)
-    opt_steps: int = Field(1000, gt=0)
-    action_noise: float = Field(0.003, ge=0)
-    sample_type: Literal["randn", "zero"] = "randn"
-    optimizer: Literal["sgd", "adam"] = "sgd"
-
-
-class MPCConfig(_Model):
-    n_taken_actions: int = Field(5, gt=0)
-    max_iter: int | None = Field(None, gt=0)
-
-
-class ObjectiveConfig(_Model):
-    mode: Literal["last", "all"] = "last"
-    alpha: float = Field(1.0, ge=0, description="weight of the proprio-embedding term")
-    base: float = Field(2.0, gt=0, description="per-frame weight base for mode=all")
-
-
-class PlannerConfig(_Model):
-    name: Literal["cem", "gd", "mpc_cem", "mpc_gd"] = "cem"
-    horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
-    cem: CEMConfig = Field(default_factory=CEMConfig)
-    gd: GDConfig = Field(default_factory=GDConfig)
-    mpc: MPCConfig = Field(default_factory=MPCConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    amp: bool = Field(False, description="bf16 autocast in planning rollouts (fp32 objective)")
-    kv_cache: bool = Field(True, description="reuse history keys/values while the context grows (exact)")
-
-    @model_validator(mode="after")
-    def _check(self) -> PlannerConfig:
-        if self.horizon < 1:
-            raise ValueError(f"planner.horizon must be >= 1, got {self.horizon}")
-        if self.cem.topk > self.cem.num_samples:
-            raise ValueError(
-                f"planner.cem.topk ({self.cem.topk}) must not exceed planner.cem.num_samples "
-                f"({self.cem.num_samples})"
-            )
-        return self
-
-
-class EvalConfig(_Model):
-    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
-
-    The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
-    reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
-    """
-
-    goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
-    goal_H: int = Field(
-        5, gt=0, description="dset/random_action goal distance in model steps (x frameskip env steps)"
-    )
-    goal_file: str | None = Field(
-        None, description="JSON or .npz targets for goal_source=file (never a pickle)"
-    )
-    n_evals: int = Field(50, gt=0, description="episodes per seed")
-    budget: int = Field(50, gt=0, description="env steps per episode (fixed; no simulator early stop)")
-    seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
-    # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
-    # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
-    seed_scheme: Literal["spawn", "reference"] = "spawn"
-    oracle_stop: bool = Field(False, description="stop an episode at its first simulator success (labelled)")
-    policy: Literal["planner", "random"] = Field("planner", description="random = uniform in the env box")
-    n_plot_samples: int = Field(10, ge=0, description="videos for the first n episodes of each seed")
-    render_size: int | None = Field(None, gt=0, description="env render size; None = img_size")
-    device: str = Field("auto", description="planner device: auto (cuda if available), cpu, cuda, cuda:1")
-    num_actors: int | None = Field(None, gt=0, description="Ray env actors; None = one per episode")
-
-    @model_validator(mode="after")
-    def _check(self) -> EvalConfig:
-        if self.goal_source == "file" and not self.goal_file:
-            raise ValueError("eval.goal_file must be set when eval.goal_source=file")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"eval.seeds must be distinct, got {self.seeds}")
-        return self
-
-
-class DataConfig(_Model):
+class DataConfig(ConfigModel):
     path: str | None = None
     split_ratio: float = Field(0.9, gt=0, le=1)
     split_seed: int = 42
@@ -210,7 +127,7 @@ class DataConfig(_Model):
     allow_resize: bool = Field(False, description="resize stored frames to img_size when they differ")
 
 
-class TrainingConfig(_Model):
+class TrainingConfig(ConfigModel):
     seed: int = 0
     epochs: int = Field(100, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
@@ -250,7 +167,7 @@ class TrainingConfig(_Model):
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` (training.amp=off) as false
 
 
-class RayConfig(_Model):
+class RayConfig(ConfigModel):
     address: str | None = Field(None, description="None = start an embedded local cluster")
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
@@ -260,13 +177,13 @@ class RayConfig(_Model):
     num_to_keep: int = Field(2, gt=0)
 
 
-class MlflowConfig(_Model):
+class MlflowConfig(ConfigModel):
     tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or a local sqlite store")
     experiment: str = "dinowm"
     register_model: str | None = Field("dinowm-world-model", description="registered model name; None = skip")
 
 
-class Config(_Model):
+class Config(ConfigModel):
     """The whole run configuration. Group fields hold the chosen preset's values."""
 
     env: EnvConfig
