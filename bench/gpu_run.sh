@@ -18,5 +18,5 @@ python3 -c "import torch, transformers, timm; print('torch', torch.__version__, 
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/core/test_encoders.py 2>&1 | tail -4 | tee "$OUT/encoders.txt"
 timeout 150 python3 bench/model.py --device cuda --dtypes bf16,fp32 --min-time 0.5 --train --quick 2>&1 \
   | grep '^{' | tee "$OUT/model.jsonl"
-timeout 240 python3 bench/plan.py --device cuda --configs p196,p16 --episodes 1,10 --dtypes bf16,bf16w,fp32 \
+timeout 240 python3 bench/plan.py --device cuda --configs p196,p16 --episodes 1,10 --dtypes bf16,bf16c,bf16w,fp32 \
   --opt-steps 10 --no-baseline --gd-steps 10 2>&1 | grep '^{' | tee "$OUT/plan.jsonl"

@@ -127,8 +127,9 @@ def bench_config(name: str, args) -> None:
             )
         for dtype in args.dtypes:
             # fp32; bf16 = autocast; bf16w = autocast with the model's weights and latents stored in bf16
-            # (no per-call weight casts; LayerNorm and softmax still accumulate in fp32 under autocast).
-            amp = dtype in ("bf16", "bf16w", "bf16u")
+            # (no per-call weight casts; LayerNorm and softmax still accumulate in fp32 under autocast);
+            # bf16c = bf16 with the rollout compiled (torch.compile; the warm-up call pays the compile).
+            amp = dtype in ("bf16", "bf16w", "bf16u", "bf16c")
             model, z0_d, zg_d = wm, z0, zg
             align = False if dtype == "bf16u" else None  # bf16u: width not aligned (the 404-wide GEMMs)
             if dtype == "bf16w":
@@ -141,8 +142,13 @@ def bench_config(name: str, args) -> None:
                 amp=amp,
                 chunk_size=args.chunk_size,
                 align=align,
+                compile=dtype == "bf16c",
             )
+            sync(device)
+            t0 = time.perf_counter()
             cem_plan(model, z0_d, zg_d, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
+            sync(device)
+            warmup_s = time.perf_counter() - t0
             reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
@@ -167,6 +173,7 @@ def bench_config(name: str, args) -> None:
                 extrapolated=args.opt_steps != 30,
                 plan_loss_fp32=round(fp32_loss.mean().item(), 5),
                 chunk_size=args.chunk_size,
+                warmup_s=round(warmup_s, 2),
                 peak_mem_mb=round(peak_mem_mb(device)),
                 **base,
             )

@@ -67,6 +67,7 @@ def cem_plan(
     context_actions: torch.Tensor | None = None,
     action_dim: int | None = None,
     align: bool | None = None,
+    compile: bool = False,
 ) -> PlanResult:
     """Plan (B, H, A) actions from context latents ``z_obs0`` (B, n, ...) towards ``z_goal`` (B|1, 1, ...).
 
@@ -96,6 +97,7 @@ def cem_plan(
         amp=amp,
         kv_cache=kv_cache,
         align=align,
+        compile=compile,
     )
     best, step_s = [], []
     for _ in range(opt_steps):

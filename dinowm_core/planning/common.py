@@ -203,6 +203,7 @@ def evaluate_plans(
     amp: bool = False,
     kv_cache: bool = True,
     align: bool | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Objective of M candidate plans: actions (M, H, A), episode (M,) row -> episode index -> loss (M,).
 
@@ -216,7 +217,9 @@ def evaluate_plans(
         act = actions[start : start + chunk]
         if context_actions is not None:
             act = torch.cat([context_actions.index_select(0, idx).to(act), act], dim=1)
-        z_pred, _ = fast_rollout(wm, _gather(z_obs0, idx), act, kv_cache=kv_cache, amp=amp, align=align)
+        z_pred, _ = fast_rollout(
+            wm, _gather(z_obs0, idx), act, kv_cache=kv_cache, amp=amp, align=align, compile=compile
+        )
         if context_actions is not None:  # score from the current frame on (H + 1 frames)
             n_past = context_actions.shape[1]
             z_pred = {k: v[:, n_past:] for k, v in z_pred.items()}

@@ -57,6 +57,7 @@ def gd_plan(
     kv_cache: bool = True,
     context_actions: torch.Tensor | None = None,
     action_dim: int | None = None,
+    compile: bool = False,
 ) -> PlanResult:
     """Plan (B, H, A) actions by gradient descent from ``init`` (padded with the ``sample_type`` init).
 
@@ -89,7 +90,13 @@ def gd_plan(
     z_obs0 = {k: v.detach() for k, v in z_obs0.items()}
     z_goal = {k: v.detach() for k, v in z_goal.items()}
     episode = torch.arange(b, device=device)
-    run = dict(objective_kw=objective_kw, context_actions=context_actions, amp=amp, kv_cache=kv_cache)
+    run = dict(
+        objective_kw=objective_kw,
+        context_actions=context_actions,
+        amp=amp,
+        kv_cache=kv_cache,
+        compile=compile,
+    )
     losses, step_s = [], []
     for _ in range(opt_steps):
         t0 = time.perf_counter()

@@ -79,7 +79,12 @@ def make_planner(
     p = cfg.planner if isinstance(cfg, Config) else cfg
     h = p.horizon if horizon is None else horizon
     common: dict[str, Any] = dict(
-        horizon=h, objective_kw=p.objective.model_dump(), bounds=bounds, amp=p.amp, kv_cache=p.kv_cache
+        horizon=h,
+        objective_kw=p.objective.model_dump(),
+        bounds=bounds,
+        amp=p.amp,
+        kv_cache=p.kv_cache,
+        compile=p.compile,
     )
     base = p.name.removeprefix("mpc_")
     fn: Callable[..., PlanResult]
