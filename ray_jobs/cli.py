@@ -83,7 +83,7 @@ def quickstart_cmd(
     """Generate data, train with Ray Train + MLflow, plan with Ray env actors: offline, on a CPU."""
     from dinowm_core.config import ConfigError
     from ray_jobs import quickstart
-    from ray_jobs.train import PreflightError
+    from ray_jobs.train_preflight import PreflightError
 
     try:
         quickstart.run(output_dir, overrides or [], quick=quick)

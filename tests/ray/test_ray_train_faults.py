@@ -21,9 +21,10 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_cluster, wall_dataset, 
     from dinowm_core import load_config
     from ray_jobs import train
     from ray_jobs.tracking import tracking_uri
+    from ray_jobs.train_worker import FAULT_ENV
 
     # 3 epochs x 4 steps; the epoch-1 checkpoint is at step 4, the fault at step 6 (mid epoch 2).
-    monkeypatch.setenv(train.FAULT_ENV, f"6:{mode}")
+    monkeypatch.setenv(FAULT_ENV, f"6:{mode}")
     cfg = load_config(train_overrides(wall_dataset, tmp_path, "training.epochs=3", "ray.num_workers=2",
                                       "ray.max_failures=1", "mlflow.register_model=null"))  # fmt: skip
     outcome = train.run(cfg)

@@ -56,6 +56,16 @@ def test_checkpoint_loads_and_rolls_out(trained):
     assert frames.shape[-2:] == (64, 64) and torch.isfinite(frames).all()
 
 
+def test_staging_directories_are_removed(trained):
+    """Each rank's node-local checkpoints, artifacts and resume copies go; the committed checkpoint stays."""
+    from ray_jobs.train_worker import staging_root
+
+    outcome, out = trained
+    assert not staging_root(outcome.run_name).exists()
+    assert Path(outcome.checkpoint).is_relative_to(out / "ray_results" / outcome.run_name)
+    assert (Path(outcome.checkpoint) / "model.safetensors").is_file()
+
+
 def test_mlflow_run_record(trained):
     outcome, out = trained
     client, _ = _client(out)
