@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray import procs
 from tests.ray.conftest import train_overrides
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -34,23 +34,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def _wait_http(url: str, deadline: float) -> None:
@@ -99,35 +82,11 @@ def head_cluster(tmp_path_factory):
     finally:
         # Stop exactly the processes this head started: the `ray start` monitor first (so it does not
         # react to its children exiting), then gcs/raylet/dashboard/workers, by PID.
-        pids = _descendants(head.pid)
+        pids = procs.descendants(head.pid)
         head.kill()
         head.wait()
-        for pid in pids:
-            with _suppress():
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in pids:
-            if _alive(pid):
-                with _suppress():
-                    os.kill(pid, signal.SIGKILL)
+        procs.stop(pids)
         log.close()
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] in (ProcessLookupError, PermissionError)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_job_submit_trains_to_completion(head_cluster, wall_dataset, tmp_path):
