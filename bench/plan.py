@@ -69,6 +69,32 @@ def make_problem(cfg, wm, b: int, device: str):
         return obs, wm.encode_obs(obs), wm.encode_obs(goal)
 
 
+def _count_cpu_attention() -> None:
+    """FlopCounterMode knows the CUDA attention kernels only; count the CPU flash kernel the same way."""
+    from torch.utils import flop_counter as fc
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op not in fc.flop_registry:
+        fc.register_flop_formula(op)(lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+
+
+@torch.no_grad()
+def rollout_tflop_per_plan(
+    wm, z0, act_dim: int, horizon: int, num_samples: int, opt_steps: int = 30
+) -> float:
+    """Work of one CEM plan (GEMMs + attention of every rollout, x samples x iterations), counted on 2 rows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dinowm_core.planning import fast_rollout
+
+    _count_cpu_attention()
+    z = {k: v[:1].expand(2, *v.shape[1:]) for k, v in z0.items()}
+    act = torch.zeros(2, horizon, act_dim, device=z["visual"].device)
+    with FlopCounterMode(display=False) as counter:
+        fast_rollout(wm, z, act, align=False)
+    return counter.get_total_flops() / 2 * num_samples * opt_steps / 1e12
+
+
 @torch.no_grad()
 def reference_cem_iteration(wm, obs, z_goal, mean, std, num_samples, topk):
     """One CEM iteration as the reference runs it: episodes in a Python loop, obs re-encoded per sample."""
@@ -99,6 +125,7 @@ def bench_config(name: str, args) -> None:
     )
     for b in args.episodes:
         obs, z0, zg = make_problem(cfg, wm, b, device)
+        tflop = b * rollout_tflop_per_plan(wm, z0, a_dim, h, args.num_samples)  # at 30 iterations
         gens = [torch.Generator(device=device).manual_seed(s) for s in range(b)]
         if args.baseline:
             mean = torch.zeros(b, h, a_dim, device=device)
@@ -171,6 +198,8 @@ def bench_config(name: str, args) -> None:
                 s_per_iter=round(per_it, 4),
                 s_per_plan=round(per_it * 30, 3),
                 extrapolated=args.opt_steps != 30,
+                tflop_per_plan=round(tflop, 1),
+                tflop_s=round(tflop / (per_it * 30), 1),
                 plan_loss_fp32=round(fp32_loss.mean().item(), 5),
                 chunk_size=args.chunk_size,
                 warmup_s=round(warmup_s, 2),
