@@ -25,17 +25,20 @@ def _emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def raw_env_rate(env_name: str, img_size: int, steps: int) -> float:
+def raw_env_rate(env_name: str, img_size: int, seconds: float = 1.0) -> float:
+    """Steps/s of env.step + the random policy alone, for at least ``seconds`` (a few hundred Wall steps
+    take ~20 ms, far too short to time on a shared machine)."""
     from dinowm_core.data.policies import RandomPolicy
     from dinowm_core.envs.base import make_env
 
     env = make_env(env_name, img_size=img_size)
     _, info = env.reset(seed=0)
     policy = RandomPolicy(env, np.random.default_rng(0))
-    t = time.perf_counter()
-    for _ in range(steps):
+    n, t = 0, time.perf_counter()
+    while n < 100 or time.perf_counter() - t < seconds:
         _, _, _, _, info = env.step(policy(info["state"]))
-    return steps / (time.perf_counter() - t)
+        n += 1
+    return n / (time.perf_counter() - t)
 
 
 def bench_generation(env_name: str, episodes: int, steps: int, img_size: int, root: Path) -> Path:
@@ -45,7 +48,7 @@ def bench_generation(env_name: str, episodes: int, steps: int, img_size: int, ro
         metric="gen/raw_env_steps_per_s",
         env=env_name,
         img_size=img_size,
-        value=round(raw_env_rate(env_name, img_size, 300), 1),
+        value=round(raw_env_rate(env_name, img_size), 1),
     )
     out = None
     for workers in (1, 2):

@@ -5,6 +5,10 @@ the shard layout depends only on the episode count, so the dataset (every data f
 any number of workers. Each episode resets with the env's initial ``env_params``, so an env reused across
 episodes in one worker behaves as a fresh one.
 
+Threads: every generating process runs its BLAS/OpenMP pools single-threaded (the pool's workers through
+``_WORKER_ENV``, the one-worker path in-process through threadpoolctl): one env per core is the parallelism,
+and an oversubscribed OpenBLAS made Wall's per-reset layout resize ~50x slower on 2 busy cores.
+
 Resumability: shards are written into ``<out>.partial/`` (Arrow file by rename, then a ``shard-*.json``
 sidecar with its checksum and statistics). A rerun with the same parameters skips shards whose checksum still
 matches and writes the rest; the last step assembles the manifest and renames the directory to ``<out>``.
@@ -21,13 +25,14 @@ import logging
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dinowm_core.data.policies import make_policy
 from dinowm_core.data.store import Episode
@@ -39,7 +44,12 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = "generation.json"
 # Rendering libraries (Mesa llvmpipe, OpenMP) start one thread per core in every worker; with one env per
 # worker process that oversubscribes the machine.
-_WORKER_ENV = {"LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_WORKER_ENV = {
+    "LP_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -127,13 +137,22 @@ def run_episode(
     return Episode.build(np.stack(frames), np.stack(actions), np.stack(states), np.stack(proprio), params)
 
 
-def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> dict[str, Any]:
-    """Generate and write shard ``shard`` into ``partial_dir`` (Arrow file, then its JSON sidecar)."""
-    spec = GenerationSpec(**spec_dict)
+def simulate_shard(spec: GenerationSpec, shard: int) -> Iterator[Episode]:
+    """The episodes of shard ``shard``, simulated one at a time."""
     env, params = build_env(spec)
+    for e in spec.shard_episodes(shard):
+        yield run_episode(env, params, spec, e)
+
+
+def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> dict[str, Any]:
+    """Generate and write shard ``shard`` into ``partial_dir`` (Arrow file, then its JSON sidecar).
+
+    Episodes are compressed as they are simulated, so a process holds one episode, not a whole shard.
+    """
+    spec = GenerationSpec(**spec_dict)
     eps = spec.shard_episodes(shard)
-    episodes = [run_episode(env, params, spec, e) for e in eps]
-    info = write_shard(partial_dir, shard, episodes, eps.start, 1.0)  # actions are stored in env units
+    # actions are stored in env units
+    info = write_shard(partial_dir, shard, simulate_shard(spec, shard), eps.start, 1.0)
     atomic_write_text(_sidecar(Path(partial_dir), shard), json.dumps(info.to_dict()))
     return info.to_dict()
 
@@ -220,6 +239,15 @@ def _run_shard(args: tuple[dict[str, Any], int, str]) -> dict[str, Any]:
     return generate_shard(*args)
 
 
+def _single_threaded_libraries() -> AbstractContextManager[Any]:
+    """Cap BLAS/OpenMP pools at one thread in this process (the pool's workers get it from the environment).
+
+    Why: an env's small matrix products (Wall's layout resize at every reset) ran ~50x slower when
+    OpenBLAS wakes a thread per core on a busy 2-core machine.
+    """
+    return threadpool_limits(limits=1)
+
+
 def generate(
     env_name: str,
     episodes: int,
@@ -249,8 +277,8 @@ def generate(
                desc=f"generate {env_name}", disable=not progress)  # fmt: skip
     with bar:
         if workers <= 1 or len(tasks) <= 1:
-            results = map(_run_shard, tasks)
-            _collect(results, done, bar)
+            with _single_threaded_libraries():
+                _collect(map(_run_shard, tasks), done, bar)
         else:
             with _worker_environment():
                 pool = mp.get_context("spawn").Pool(min(workers, len(tasks)))
@@ -263,7 +291,7 @@ def generate(
     return Path(out)
 
 
-def _collect(results: Iterator[dict[str, Any]], done: dict[int, ShardInfo], bar: Any) -> None:
+def _collect(results: Iterable[dict[str, Any]], done: dict[int, ShardInfo], bar: Any) -> None:
     for d in results:
         info = ShardInfo.from_dict(d)
         done[info.index] = info

@@ -12,9 +12,11 @@ Three layers, so that one process, a multiprocessing pool and Ray tasks share th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,23 +105,60 @@ def _record_batch(schema: pa.Schema, cols: dict[str, np.ndarray], start: int, st
 def write_shard(
     directory: str | Path,
     index: int,
-    episodes: list[Episode],
+    episodes: Iterable[Episode],
     first_episode: int,
     action_scale: float = 1.0,
     batch_rows: int = BATCH_ROWS,
 ) -> ShardInfo:
-    """Write ``episodes`` (global ids from ``first_episode``) as shard ``index``; atomic via rename."""
-    if not episodes:
+    """Write ``episodes`` (global ids from ``first_episode``) as shard ``index``; atomic via rename.
+
+    ``episodes`` is consumed once, in order, so it may be a stream (the shard writer process compresses each
+    episode as it arrives). On any error the temp file is removed and nothing is renamed into place.
+    """
+    stream = iter(episodes)
+    first = next(stream, None)
+    if first is None:
         raise ValueError("write_shard: no episodes")
     directory = Path(directory)
-    spaces = episode_spaces(episodes[0])
-    schema = episode_schema(spaces)
-    stats = {k: RunningStats(spaces[k]["shape"][0]) for k in _NUMERIC}
+    spaces = episode_spaces(first)
     path = directory / shard_name(index)
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        lengths, env_params, stats = _write_arrow(
+            tmp, itertools.chain([first], stream), spaces, first_episode, action_scale, batch_rows
+        )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return ShardInfo(
+        index=index,
+        file=path.name,
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        lengths=lengths,
+        env_params=env_params,
+        spaces=spaces,
+        stats={k: s.to_dict() for k, s in stats.items()},
+    )
+
+
+def _write_arrow(
+    path: Path,
+    episodes: Iterable[Episode],
+    spaces: dict[str, Any],
+    first_episode: int,
+    action_scale: float,
+    batch_rows: int,
+) -> tuple[list[int], list[dict[str, Any]], dict[str, RunningStats]]:
+    """Write the episodes' rows to ``path``; returns their lengths, env params and column statistics."""
+    schema = episode_schema(spaces)
+    stats = {k: RunningStats(spaces[k]["shape"][0]) for k in _NUMERIC}
+    lengths: list[int] = []
+    env_params: list[dict[str, Any]] = []
     options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", ZSTD_LEVEL))
     rest: dict[str, np.ndarray] | None = None  # rows not yet written (fewer than batch_rows)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         for j, ep in enumerate(episodes):
             if episode_spaces(ep) != spaces:
                 raise DatasetError(
@@ -136,6 +175,8 @@ def write_shard(
             stats["action"].update(ep.actions.astype(np.float64) / action_scale)
             stats["state"].update(ep.states)
             stats["proprio"].update(ep.proprio)
+            lengths.append(T)
+            env_params.append(ep.env_params)
             # Fixed-size batches across episode boundaries: row r of the shard lives in batch r // batch_rows.
             full = len(cols["step"]) // batch_rows * batch_rows
             for start in range(0, full, batch_rows):
@@ -143,17 +184,7 @@ def write_shard(
             rest = {k: v[full:].copy() for k, v in cols.items()}
         if rest is not None and len(rest["step"]):
             writer.write_batch(_record_batch(schema, rest, 0, len(rest["step"])))
-    os.replace(tmp, path)
-    return ShardInfo(
-        index=index,
-        file=path.name,
-        sha256=sha256_file(path),
-        bytes=path.stat().st_size,
-        lengths=[len(ep.frames) for ep in episodes],
-        env_params=[ep.env_params for ep in episodes],
-        spaces=spaces,
-        stats={k: s.to_dict() for k, s in stats.items()},
-    )
+    return lengths, env_params, stats
 
 
 _FIELD = {"action": "actions", "state": "states", "proprio": "proprio"}

@@ -62,3 +62,34 @@ class FakeDotEnv(PlanningEnv):
     def sample_init_goal(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
         return rng.uniform(0.1, 0.9, 2), rng.uniform(0.1, 0.9, 2)
+
+
+class FailingEnv(FakeDotEnv):
+    """A FakeDotEnv whose ``fail_at``-th reset raises, as a simulator crash in the generating process."""
+
+    def __init__(self, img_size: int = 16, fail_at: int = 4) -> None:
+        super().__init__(img_size=img_size)
+        self.fail_at = fail_at
+        self.resets = 0
+
+    def reset(self, *, seed=None, options=None):  # noqa: ANN001, ANN201
+        self.resets += 1
+        if self.resets == self.fail_at:
+            raise RuntimeError(f"simulator crashed at reset {self.resets}")
+        return super().reset(seed=seed, options=options)
+
+
+class ThreadProbeEnv(FakeDotEnv):
+    """A FakeDotEnv that reports, as an env param, how many threads the BLAS pools had at its last reset."""
+
+    blas_threads = 0
+
+    @property
+    def env_params(self) -> dict[str, Any]:
+        return {"stripe": self.stripe, "blas_threads": self.blas_threads}
+
+    def reset(self, *, seed=None, options=None):  # noqa: ANN001, ANN201
+        from threadpoolctl import threadpool_info
+
+        self.blas_threads = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return super().reset(seed=seed, options=options)

@@ -15,9 +15,10 @@ FAKE = "data_fake_envs:FakeDotEnv"
 
 
 def _gen(out, workers=1, **kw):
-    args = {"episodes": 6, "steps": 12, "seed": 7, "img_size": 16, "episodes_per_shard": 2, **kw}
-    return generate("wall", args.pop("episodes"), args.pop("steps"), out, workers=workers, env_factory=FAKE,
-                    progress=False, **args)  # fmt: skip
+    args = {"episodes": 6, "steps": 12, "seed": 7, "img_size": 16, "episodes_per_shard": 2, "env_factory": FAKE,
+            **kw}  # fmt: skip
+    return generate("wall", args.pop("episodes"), args.pop("steps"), out, workers=workers, progress=False,
+                    **args)  # fmt: skip
 
 
 def _checksums(path):
@@ -143,3 +144,45 @@ def test_pusht_policy_gets_behind_the_block_and_pushes():
             block = block + (new - agent)
         agent = new
     assert np.linalg.norm(block - 256.0) > 20.0  # the block was pushed
+
+
+def test_generation_caps_blas_threads_in_process_and_in_workers(tmp_path):
+    """Oversubscribed OpenBLAS made Wall's resets 20-50x slower in the one-worker (in-process) path."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(p["user_api"] == "blas" for p in threadpoolctl.threadpool_info()):
+        pytest.skip("no BLAS library loaded")
+    for workers in (1, 2):
+        out = _gen(tmp_path / f"w{workers}", workers=workers, env_factory="data_fake_envs:ThreadProbeEnv")
+        store = TrajectoryStore(out)
+        assert {store.env_params(i)["blas_threads"] for i in range(store.num_episodes)} == {1}
+    default = max(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+    from data_fake_envs import ThreadProbeEnv
+
+    env = ThreadProbeEnv()
+    env.reset(seed=0)
+    assert env.blas_threads == default  # the cap is lifted once generation returns
+
+
+def test_simulator_crash_mid_shard_keeps_finished_shards_and_resumes(tmp_path):
+    import dinowm_core.data.generate as gen
+
+    full = _gen(tmp_path / "full")
+    out = tmp_path / "x"
+    kwargs = {"env_factory": "data_fake_envs:FailingEnv", "env_kwargs": {"fail_at": 4}}
+    gen._ENV_CACHE.clear()
+    try:
+        # The 4th reset is episode 3, the second episode of shard 1: shard 1 was being written when it crashed.
+        with pytest.raises(RuntimeError, match="simulator crashed at reset 4"):
+            _gen(out, **kwargs)
+        part = partial_dir(out)
+        assert sorted(f.name for f in part.iterdir()) == [
+            "generation.json",
+            "shard-00000.arrow",
+            "shard-00000.json",
+        ]
+        # The rerun reuses this process's env (past its failing reset) and finishes the same data.
+        assert _gen(out, **kwargs) == out
+    finally:
+        gen._ENV_CACHE.clear()
+    shards = {k: v for k, v in _checksums(out).items() if k.startswith("shard-")}
+    assert shards == {k: v for k, v in _checksums(full).items() if k.startswith("shard-")}
