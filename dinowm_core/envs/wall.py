@@ -206,6 +206,19 @@ def _resize_float(frame: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.tensordot(out, cols, axes=(1, 1)).transpose(0, 2, 1))  # (size, size, c)
 
 
+@lru_cache(maxsize=64)
+def _background(wall_x: int, door_y: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resized layout without the dot -> (float32, uint8), read-only; cached because every reset sets it.
+
+    The resize is linear, so a frame = resized background + resized dot (the dot covers ~13 x 13 px).
+    """
+    background = _resize_float(render_world(None, wall_mask(wall_x, door_y)), size)
+    as_u8 = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+    for a in (background, as_u8):
+        a.setflags(write=False)
+    return background, as_u8
+
+
 def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     """Antialiased bilinear resize of an (h, w, 3) uint8 frame to (size, size, 3) uint8."""
     if frame.shape[0] == size and frame.shape[1] == size:
@@ -259,9 +272,7 @@ class WallEnv(PlanningEnv):
             raise ValueError(f"wall: door_y={door_y} puts the door outside the borders")
         self.wall_x, self.door_y = wall_x, door_y
         self._walls = wall_mask(wall_x, door_y)
-        # The resize is linear, so a frame = resized background + resized dot; the dot covers ~13 x 13 px.
-        self._background = _resize_float(render_world(None, self._walls), self.img_size)
-        self._background_u8 = np.clip(np.rint(self._background), 0, 255).astype(np.uint8)
+        self._background, self._background_u8 = _background(wall_x, door_y, self.img_size)
 
     # ---- state ----------------------------------------------------------------------------------
     def _set_state(self, state: np.ndarray) -> None:
