@@ -153,59 +153,64 @@ def bench_config(name: str, args) -> None:
                 **base,
             )
         for dtype in args.dtypes:
-            # fp32; bf16 = autocast; bf16w = autocast with the model's weights and latents stored in bf16
-            # (no per-call weight casts; LayerNorm and softmax still accumulate in fp32 under autocast);
-            # bf16c = bf16 with the rollout compiled (torch.compile; the warm-up call pays the compile).
-            amp = dtype in ("bf16", "bf16w", "bf16u", "bf16c")
-            model, z0_d, zg_d = wm, z0, zg
-            align = False if dtype == "bf16u" else None  # bf16u: width not aligned (the 404-wide GEMMs)
-            if dtype == "bf16w":
-                model = copy.deepcopy(wm).to(torch.bfloat16)
-                z0_d, zg_d = ({k: v.to(torch.bfloat16) for k, v in z.items()} for z in (z0, zg))
-            kw = dict(
-                horizon=h,
-                num_samples=args.num_samples,
-                topk=args.topk,
-                amp=amp,
-                chunk_size=args.chunk_size,
-                align=align,
-                compile=dtype == "bf16c",
-            )
-            sync(device)
-            t0 = time.perf_counter()
-            cem_plan(model, z0_d, zg_d, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
-            sync(device)
-            warmup_s = time.perf_counter() - t0
-            reset_peak(device)
-            sync(device)
-            t0 = time.perf_counter()
-            res = cem_plan(
-                model,
-                z0_d,
-                zg_d,
-                opt_steps=args.opt_steps,
-                generator=[torch.Generator(device=device).manual_seed(s) for s in range(b)],
-                **kw,
-            )
-            sync(device)
-            per_it = (time.perf_counter() - t0) / args.opt_steps
-            fp32_loss = evaluate_plans(wm, z0, zg, res.actions, torch.arange(b, device=device))
-            emit(
-                bench="cem",
-                impl="batched_fast",
-                dtype=dtype,
-                episodes=b,
-                s_per_iter=round(per_it, 4),
-                s_per_plan=round(per_it * 30, 3),
-                extrapolated=args.opt_steps != 30,
-                tflop_per_plan=round(tflop, 1),
-                tflop_s=round(tflop / (per_it * 30), 1),
-                plan_loss_fp32=round(fp32_loss.mean().item(), 5),
-                chunk_size=args.chunk_size,
-                warmup_s=round(warmup_s, 2),
-                peak_mem_mb=round(peak_mem_mb(device)),
-                **base,
-            )
+            try:
+                # fp32; bf16 = autocast; bf16w = autocast with the model's weights and latents stored in bf16
+                # (no per-call weight casts; LayerNorm and softmax still accumulate in fp32 under autocast);
+                # bf16c = bf16 with the rollout compiled (torch.compile; the warm-up call pays the compile).
+                amp = dtype in ("bf16", "bf16w", "bf16u", "bf16c")
+                model, z0_d, zg_d = wm, z0, zg
+                align = False if dtype == "bf16u" else None  # bf16u: width not aligned (the 404-wide GEMMs)
+                if dtype == "bf16w":
+                    model = copy.deepcopy(wm).to(torch.bfloat16)
+                    z0_d, zg_d = ({k: v.to(torch.bfloat16) for k, v in z.items()} for z in (z0, zg))
+                kw = dict(
+                    horizon=h,
+                    num_samples=args.num_samples,
+                    topk=args.topk,
+                    amp=amp,
+                    chunk_size=args.chunk_size,
+                    align=align,
+                    compile=dtype == "bf16c",
+                )
+                sync(device)
+                t0 = time.perf_counter()
+                cem_plan(model, z0_d, zg_d, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
+                sync(device)
+                warmup_s = time.perf_counter() - t0
+                reset_peak(device)
+                sync(device)
+                t0 = time.perf_counter()
+                res = cem_plan(
+                    model,
+                    z0_d,
+                    zg_d,
+                    opt_steps=args.opt_steps,
+                    generator=[torch.Generator(device=device).manual_seed(s) for s in range(b)],
+                    **kw,
+                )
+                sync(device)
+                per_it = (time.perf_counter() - t0) / args.opt_steps
+                fp32_loss = evaluate_plans(wm, z0, zg, res.actions, torch.arange(b, device=device))
+                emit(
+                    bench="cem",
+                    impl="batched_fast",
+                    dtype=dtype,
+                    episodes=b,
+                    s_per_iter=round(per_it, 4),
+                    s_per_plan=round(per_it * 30, 3),
+                    extrapolated=args.opt_steps != 30,
+                    tflop_per_plan=round(tflop, 1),
+                    tflop_s=round(tflop / (per_it * 30), 1),
+                    plan_loss_fp32=round(fp32_loss.mean().item(), 5),
+                    chunk_size=args.chunk_size,
+                    warmup_s=round(warmup_s, 2),
+                    peak_mem_mb=round(peak_mem_mb(device)),
+                    **base,
+                )
+            except Exception as e:  # e.g. no compiler backend on this machine: report it, keep measuring
+                emit(bench="cem", impl="batched_fast", dtype=dtype, episodes=b, error=repr(e)[:400], **base)
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
         if args.gd_steps:
             gd_plan(wm, z0, zg, horizon=h, opt_steps=1, generator=gens)
             reset_peak(device)
