@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Any
 from dinowm_core.config import Config, ConfigError, load_config
 from ray_jobs import tracking
 from ray_jobs.train_preflight import RUN_INFO, PreflightError, RunPlan, check_gpus, plan_run, preflight
-from ray_jobs.train_worker import FAULT_ENV, train_loop
+from ray_jobs.train_worker import FAULT_ENV, staging_root, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,34 @@ def run(cfg: Config, *, resume: str | None = None, run_name: str | None = None) 
         run_dir=f"{plan.storage_path}/{plan.name}",
         mlflow_run_id=tracker.run_id or "",
         metrics=dict(result.metrics or {}),
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        checkpoint=_persist_local_checkpoint(result.checkpoint.path if result.checkpoint else None, plan),
         model_version=version,
     )
+
+
+def _persist_local_checkpoint(path: str | None, plan: RunPlan) -> str | None:
+    """Move a checkpoint that Ray left in node-local staging into the run's storage -> its final path.
+
+    With ``ray.num_workers=0`` Ray Train keeps the reported checkpoint where the worker wrote it (under /tmp);
+    the run's result should outlive /tmp. Copied to a temporary name, then renamed, so a reader never sees a
+    partial checkpoint. Remote storage (``s3://...``) keeps the staged path and says so.
+    """
+    root = staging_root(plan.name).resolve()
+    if path is None or not Path(path).resolve().is_relative_to(root):
+        return path
+    if "://" in plan.storage_path:
+        log.warning("checkpoint %s stays in node-local staging (remote storage %s)", path, plan.storage_path)
+        return path
+    src = Path(path)
+    dest = Path(plan.storage_path) / plan.name / src.name
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():  # the same run's checkpoint at the same epoch and step, from an earlier attempt
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    shutil.rmtree(root, ignore_errors=True)
+    return str(dest)
 
 
 def split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
