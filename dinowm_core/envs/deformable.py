@@ -4,7 +4,10 @@ PyFleX cannot be installed, so both scenes are rebuilt in MuJoCo with FleX's par
 a body with three slide joints (position only, no rotation, as a FleX particle). The rope chains its 40
 particles with a 1-D ``<flex>`` whose edges are held at rest length by a flex equality constraint; the flex
 capsules collide, so the pusher cannot slip between two particles. Granular material is 300 spheres with
-viscous joint damping. Neither has bending stiffness (the reference rope has 0.8).
+viscous joint damping whose resting islands sleep (MuJoCo's counterpart of FleX's sleep threshold). The rope
+has no bending stiffness (the reference's has 0.8): a 1-D flex has no bending term, and springs between
+particles i and i+2 resist bending only to second order in the bend angle (measured: no effect against table
+friction); a cable of ball joints would change the state from positions to angles.
 
 Coordinates. The reference is y-up and acts in its table plane (x, z); MuJoCo is z-up. Reference (x, y, z) is
 MuJoCo (x, z, y): actions ``[x_s, z_s, x_e, z_e]`` are MuJoCo (x, y) table coordinates and the state keeps the
@@ -20,7 +23,8 @@ warm start), so the state is Markov: ``reset(state=s_t)`` then ``step(a_t)`` rep
 
 Deliberate deviations from the reference: a capsule pusher instead of an xArm6 (no IK; the robot is not
 drawn); the pusher is invisible in renders, so a frame depends on the state alone; pushes at 1 (rope) or 2
-(granular) units/s and 100 settle substeps of 5 ms instead of 1/300 unit per IK step and 200 FleX steps; a
+(granular) units/s and up to 100 settle substeps of 5 ms (rope) or 50 of 10 ms (granular, ending early once the
+pile sleeps) instead of 1/300 unit per IK step and 200 FleX steps; a
 success threshold that can be met (reference bug 11, see ``_PushEnv.success_threshold``); goals are scaled or
 rotated about the object's centroid and kept inside the workspace.
 """
@@ -54,6 +58,8 @@ class PushParams:
     lift_height: float = 0.8  # pusher bottom when travelling: above any pile
     settle_steps: int = 100  # 0.5 s; particle damping makes this enough (reference: 200 FleX steps)
     init_settle_steps: int = 100  # free settling of a freshly placed random configuration
+    #: MuJoCo sleep velocity tolerance (units/s); 0 disables sleeping. See ``GranularEnv``.
+    sleep_tolerance: float = 0.0
     pusher_radius: float = 0.1
     pusher_half_length: float = 0.3
 
@@ -88,6 +94,8 @@ class _PushEnv(PlanningEnv):
     success_particle_diameters: float = 2.0
     #: per-object overrides of ``PushParams`` (constructor kwargs override these in turn)
     default_push: dict[str, Any] = {}
+    #: constraint solver attributes of ``<option>``
+    solver_xml: str = 'solver="Newton" iterations="20" ls_iterations="10"'
 
     def __init__(self, img_size: int = 224, render_mode: str | None = "rgb_array", **push: Any) -> None:
         super().__init__(img_size=img_size, render_mode=render_mode)
@@ -100,6 +108,9 @@ class _PushEnv(PlanningEnv):
         self.model = mujoco.MjModel.from_xml_string(self._scene_xml())
         self._particle_qpos = self._origin_particle_bodies()
         self._pusher_qpos = self.model.jnt_qposadr[self._joint_ids("pusher_")]
+        self._particle_trees = self.model.body_treeid[
+            [self.model.body(f"p{i}").id for i in range(self.num_particles)]
+        ]
         self.data = mujoco.MjData(self.model)
         self._renderer: OffscreenRenderer | None = OffscreenRenderer(
             self.model, self.img_size, camera=_CAMERA
@@ -160,9 +171,14 @@ class _PushEnv(PlanningEnv):
         # 45 degree pitch looking at the workspace centre from the -y side (reference: camera pitch 45 deg)
         dist, aim_y = 13.0, 0.25
         c = math.sqrt(0.5)
+        sleep = (
+            f'sleep_tolerance="{p.sleep_tolerance}"><flag sleep="enable"/></option>'
+            if p.sleep_tolerance
+            else "/>"
+        )
         return f"""
 <mujoco model="{self.env_name}">
-  <option timestep="{p.timestep}" integrator="implicitfast" cone="pyramidal" iterations="20" ls_iterations="10"/>
+  <option timestep="{p.timestep}" integrator="implicitfast" cone="pyramidal" {self.solver_xml} {sleep}
   <visual><global offwidth="{self.img_size}" offheight="{self.img_size}"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.55 0.55 0.55"/></visual>
   <default><geom friction="0.5 0.005 0.0001" solref="0.01 1"/></default>
@@ -222,9 +238,17 @@ class _PushEnv(PlanningEnv):
             mujoco.mj_step(self.model, self.data)
         return n
 
-    def _settle(self, n: int) -> None:
-        for _ in range(n):
+    def _settle(self, n: int) -> int:
+        """Step freely for up to ``n`` substeps; return how many ran.
+
+        Stops early once every particle sleeps: sleeping bodies do not move, so the remaining substeps could
+        not change the state and stopping is exact, not an approximation.
+        """
+        for k in range(n):
+            if self.params.sleep_tolerance and not self.data.tree_awake[self._particle_trees].any():
+                return k
             mujoco.mj_step(self.model, self.data)
+        return n
 
     def _push(self, action: np.ndarray) -> int:
         p = self.params
@@ -235,8 +259,7 @@ class _PushEnv(PlanningEnv):
         n = self._move(start_up, start, p.lower_speed)
         n += self._move(start, end, p.push_speed)
         n += self._move(end, np.array([action[2], action[3], up]), p.lower_speed)
-        self._settle(p.settle_steps)
-        return n + p.settle_steps
+        return n + self._settle(p.settle_steps)
 
     def _step_dynamics(self, action: np.ndarray) -> dict[str, Any]:
         low, high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
@@ -388,6 +411,15 @@ class GranularEnv(_PushEnv):
     particle_rgba = "0.1 0.3 0.9 1"
     particle_damping = 0.1
     pile_radius = 0.8
+    # Speed (measured in BENCHMARKS.md "Data"): the constraint solver is ~85% of a substep (300 spheres, 400-800
+    # contacts, ~3000 constraint rows). CG skips Newton's per-iteration factorization of the 903-dof Hessian
+    # (4x cheaper per substep on a resting pile, 1.5x while pushing); a 10 ms step (2 cm of pusher travel per
+    # substep against 6 cm grains) halves the substeps. Sleeping (FleX's particle sleep threshold in MuJoCo's
+    # form) freezes resting islands: a pile at rest costs almost nothing while the pusher travels elsewhere,
+    # settling ends as soon as everything is asleep, and the slow creep of soft contacts no longer spreads a
+    # resting pile between pushes.
+    solver_xml = 'solver="CG" iterations="20" ls_iterations="3" tolerance="1e-6"'
+    default_push = {"timestep": 0.01, "settle_steps": 50, "init_settle_steps": 50, "sleep_tolerance": 0.01}
 
     def _object_xml(self) -> tuple[str, str]:
         lattice = self._lattice(np.random.default_rng(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import gymnasium as gym
@@ -12,9 +13,9 @@ from gymnasium.utils.env_checker import check_env
 import dinowm_core.envs  # noqa: F401  (registers the ids)
 from dinowm_core.envs.deformable import GranularEnv, RopeEnv, chamfer_distance
 
-# Fewer settle substeps and (granular) a faster push keep the tests in seconds; the physics is unchanged.
+# Fewer rope settle substeps keep the tests in seconds; granular runs its real defaults (fast since CG + sleep).
 FAST_ROPE = {"settle_steps": 30, "init_settle_steps": 20}
-FAST_GRANULAR = {"settle_steps": 20, "push_speed": 6.0, "init_settle_steps": 30}
+FAST_GRANULAR: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +85,19 @@ def test_replay_is_bit_identical_and_markov(rope: RopeEnv) -> None:
 def test_granular_replay_is_bit_identical(granular: GranularEnv) -> None:
     init, _ = granular.sample_init_goal(2)
     centre = init.reshape(-1, 4)[:, [0, 2]].mean(axis=0)
-    actions = np.array([[centre[0] - 1.2, centre[1], centre[0] + 0.3, centre[1] + 0.2]])
+    actions = np.array(
+        [
+            [centre[0] - 1.2, centre[1], centre[0] + 0.3, centre[1] + 0.2],
+            [centre[0] + 1.0, centre[1] - 0.3, centre[0] - 0.2, centre[1]],
+        ]
+    )
     _, states_a = granular.rollout(init, actions)
     _, states_b = granular.rollout(init, actions)
     assert np.array_equal(states_a, states_b)
     assert np.abs(states_a[1] - states_a[0]).max() > 0.3
+    # Markov although grains sleep: every step ends awake from positions alone, as a reset does
+    _, states_c = granular.rollout(states_a[1], actions[1:])
+    assert np.array_equal(states_c[1], states_a[2])
 
 
 def test_push_moves_the_rope_near_the_line_and_does_not_tunnel(rope: RopeEnv) -> None:
@@ -189,3 +198,31 @@ def test_sample_init_goal(env_name: str, rope: RopeEnv, granular: GranularEnv) -
     else:  # a scaled-down copy of the pile
         ratio = spread_b / spread_a
         assert np.all((ratio > 0.59) & (ratio < 0.91))
+
+
+def test_push_that_misses_the_pile_leaves_it_exactly_and_ends_settling_early(granular: GranularEnv) -> None:
+    init, _ = granular.sample_init_goal(0)
+    rows = init.reshape(-1, 4)
+    assert rows[:, 1].max() > 3 * granular.particle_radius  # three layers of grains, not a flattened sheet
+    y_far = -4.0 if rows[:, 2].min() > -2.0 else 4.0  # a line across the table, far from the pile
+    granular.reset(options={"state": init})
+    _, _, _, _, info = granular.step(np.array([-3.0, y_far, 3.0, y_far]))
+    # the resting pile falls asleep within a few substeps: no creep of its soft contacts during the push
+    assert np.abs(info["state"] - init).max() < 3e-3  # without sleeping: 0.014
+    p = granular.params
+    travel = math.ceil(6.0 / (p.push_speed * p.timestep))
+    assert (
+        info["substeps"]
+        < travel + 2 * math.ceil(p.lift_height / (p.lower_speed * p.timestep)) + p.settle_steps
+    )
+
+
+def test_granular_pile_sleeps_only_when_at_rest(granular: GranularEnv) -> None:
+    init, _ = granular.sample_init_goal(0)
+    rows = init.reshape(-1, 4)
+    centre = rows[:, [0, 2]].mean(axis=0)
+    granular.reset(options={"state": init})
+    # pushing through the pile wakes it: grains on the line move although the pile was asleep
+    _, _, _, _, info = granular.step(np.array([centre[0], centre[1] - 1.5, centre[0], centre[1] + 1.5]))
+    moved = np.linalg.norm(info["state"].reshape(-1, 4)[:, :3] - rows[:, :3], axis=1)
+    assert moved.max() > 0.5
