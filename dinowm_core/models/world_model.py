@@ -138,9 +138,16 @@ class WorldModel(nn.Module):
         return {"visual": z[:, :, :-2], "proprio": z[:, :, -2]}, z[:, :, -1]
 
     def replace_actions(self, z: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Overwrite the action slot of z (B, T, P', D) with the embedding of act (B, T, f*d)."""
-        z_obs, _ = self.separate(z)
-        return self.combine(z_obs, self.encode_act(act))
+        """Overwrite the action slot of z (B, T, P', D) with the embedding of act (B, T, f*d).
+
+        Only the action slot changes: a predicted frame keeps its per-patch visual *and* proprio features (the
+        reference's ``replace_actions_from_z``), which the next prediction sees as context.
+        """
+        act_emb = self.encode_act(act)
+        if self.concat == "channel":
+            acts = repeat(act_emb, "b t d -> b t p (r d)", p=z.shape[2], r=self.cfg.num_action_repeat)
+            return torch.cat([z[..., : -self.action_dim], acts.to(z.dtype)], dim=-1)
+        return torch.cat([z[:, :, :-1], act_emb.unsqueeze(2).to(z.dtype)], dim=2)
 
     # ---- prediction -----------------------------------------------------------------------------
     def predict(self, z: torch.Tensor) -> torch.Tensor:

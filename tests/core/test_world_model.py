@@ -78,6 +78,27 @@ def test_rollout_overwrites_the_action_slot():
     torch.testing.assert_close(z[:, -1], pred_last)
 
 
+@pytest.mark.parametrize("concat", ["channel", "token"])
+def test_replace_actions_changes_only_the_action_slot(concat):
+    """A predicted frame keeps its per-patch visual and proprio features (reference replace_actions_from_z)."""
+    cfg = load_config([*TINY, f"concat={concat}", "num_proprio_repeat=2", "num_action_repeat=2"])
+    wm = build_world_model(cfg).eval()
+    obs, act0 = _batch(cfg, b=2, t=3)
+    act = torch.randn(2, 3, cfg.action_dim)
+    with torch.no_grad():
+        z = wm.encode(obs, act0)
+        z = z + torch.randn_like(z)  # like a prediction: the tiled proprio copies now differ per patch
+        out = wm.replace_actions(z, act)
+        _, z_act = wm.separate(out)
+    if concat == "channel":
+        keep, slot = (..., slice(None, -wm.action_dim)), (..., slice(-wm.action_dim, None))
+    else:
+        keep, slot = (slice(None), slice(None), slice(None, -1)), (slice(None), slice(None), slice(-1, None))
+    assert torch.equal(out[keep], z[keep])  # visual and every patch's proprio features untouched
+    assert not torch.equal(out[slot], z[slot])
+    torch.testing.assert_close(z_act, wm.encode_act(act))
+
+
 def test_rollout_requires_an_action_per_context_frame():
     cfg = load_config(TINY)
     wm = build_world_model(cfg).eval()
