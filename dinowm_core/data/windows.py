@@ -208,8 +208,11 @@ def build_datasets(
     n = store.num_episodes if cfg.data.n_rollout is None else min(cfg.data.n_rollout, store.num_episodes)
     splits = store.manifest.get("splits")
     if splits:
-        train = np.asarray([e for e in splits["train"] if e < n], np.int64)
-        val = np.asarray([e for e in splits["val"] if e < n], np.int64)
+        # A folder split (PushT's train/ and val/) truncates each folder to its first n, as the reference loads
+        # them as two datasets; the store numbers train episodes first, so a global cut would empty val.
+        cut = cfg.data.n_rollout
+        train = np.asarray(splits["train"][:cut], np.int64)
+        val = np.asarray(splits["val"][:cut], np.int64)
     else:
         train, val = split_episodes(n, cfg.data.split_ratio, cfg.data.split_seed)
     norm = Normalizer.from_manifest(store.manifest, enabled=cfg.data.normalize_action)

@@ -163,3 +163,13 @@ def test_folder_split_from_manifest(make_store):
     cfg = load_config(["env=wall", f"data.path={path}", "img_size=16", "frameskip=1", "num_hist=1"])
     _, _, ttr, tva = build_datasets(cfg)
     assert list(ttr.episodes) == [0, 1, 2] and list(tva.episodes) == [3, 4]
+
+
+def test_n_rollout_truncates_each_folder_of_a_folder_split(make_store):
+    """Reference PushT: train/ and val/ are two datasets, each cut to its first n trajectories."""
+    path, _ = make_store([25] * 5, extra={"splits": {"train": [0, 1, 2], "val": [3, 4]}})
+    cfg = load_config(["env=wall", f"data.path={path}", "img_size=16", "frameskip=1", "num_hist=1",
+                       "data.n_rollout=2"])  # fmt: skip
+    _, va, ttr, tva = build_datasets(cfg)
+    assert list(ttr.episodes) == [0, 1] and list(tva.episodes) == [3, 4]
+    assert len(va) > 0
