@@ -129,8 +129,9 @@ def _image_batch(wm: WorldModel, obs: dict, act: torch.Tensor) -> tuple[dict[str
     z = wm.encode(obs, act)
     recon, _ = wm.decode_visual(wm.separate(z)[0]["visual"])
     pred, _ = wm.decode_visual(wm.separate(wm.predict(z[:, : wm.num_hist]))[0]["visual"])
-    target = obs["visual"][:, wm.num_pred :]
-    metrics = {**image_metrics(recon, obs["visual"], "reconstructed"), **image_metrics(pred, target, "pred")}
+    # reference: the "pred" image metrics score the last predicted frame only (frame num_hist, full context)
+    last = image_metrics(pred[:, -1:], obs["visual"][:, wm.num_hist : wm.num_hist + 1], "pred")
+    metrics = {**image_metrics(recon, obs["visual"], "reconstructed"), **last}
     return metrics, {"truth": obs["visual"], "pred": pred, "recon": recon}
 
 

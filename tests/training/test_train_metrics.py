@@ -71,3 +71,23 @@ def test_rollout_sampling_is_seeded_and_follows_the_reference():
         assert r.act.shape == (h, 10)
         assert torch.equal(r.act[:, 0], frames[:-1])  # chunk k starts with the action taken at frame k
     assert sample_rollouts(_Traj([20]), 3, frameskip=5, num_hist=3, seed=0) == []
+
+
+def test_predicted_image_metrics_score_the_last_predicted_frame_only():
+    """Reference: img_*_pred compares the decoded prediction of frame num_hist with frame num_hist."""
+    from dinowm_core import build_world_model, load_config
+    from dinowm_core.training.loop import _image_batch
+    from dinowm_core.training.metrics import image_metrics
+    from tests.conftest import TINY
+
+    cfg = load_config(TINY)
+    torch.manual_seed(0)
+    wm = build_world_model(cfg).eval()
+    t = cfg.num_window_frames
+    obs = {"visual": torch.rand(2, t, 3, cfg.img_size, cfg.img_size) * 2 - 1,
+           "proprio": torch.randn(2, t, cfg.env.proprio_dim)}  # fmt: skip
+    metrics, images = _image_batch(wm, obs, torch.randn(2, t, cfg.action_dim))
+    want = image_metrics(images["pred"][:, -1:], obs["visual"][:, cfg.num_hist :], "pred")
+    assert metrics["img_mse_pred"] == pytest.approx(want["img_mse_pred"])
+    everything = image_metrics(images["pred"], obs["visual"][:, 1:], "pred")
+    assert metrics["img_mse_pred"] != pytest.approx(everything["img_mse_pred"])
