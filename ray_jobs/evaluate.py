@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +80,66 @@ class RemotePolicy:
         return ray.get(self.handle.imagine.remote(obs0, actions, final, decode))
 
 
-def make_env_actors(cfg: Config, num_actors: int | None, cpus_per_actor: float) -> Episodes:
-    """``num_actors`` env actors (None = one per episode) sharing ``eval.n_evals`` slots."""
-    e = cfg.eval
+def planner_demand(opts: Mapping[str, Any]) -> dict[str, float]:
+    """The Ray resources a planner actor created with ``.options(**opts)`` holds for its lifetime. An actor
+    with any resource option holds 1 CPU unless ``num_cpus`` says otherwise (Ray's default)."""
+    num_cpus = opts.get("num_cpus")
+    demand = {"CPU": 1.0 if num_cpus is None else float(num_cpus)}
+    if opts.get("num_gpus"):
+        demand["GPU"] = float(opts["num_gpus"])
+    if opts.get("memory"):
+        demand["memory"] = float(opts["memory"])
+    demand.update({k: float(v) for k, v in (opts.get("resources") or {}).items()})
+    return demand
+
+
+def env_actor_count(
+    n_evals: int,
+    num_actors: int | None,
+    cpus_per_actor: float,
+    total: Mapping[str, float],
+    reserved: Mapping[str, float] | None = None,
+) -> int:
+    """How many env actors to start on a cluster with ``total`` resources, ``reserved`` being held for the
+    planner actor. ``num_actors`` None = one per episode, but only as many as fit beside the reservation:
+    every planning step gathers every actor's observation and waits for the planner, so one actor (or the
+    planner) that cannot be placed stalls the whole evaluation forever. Raises ``ValueError`` when not even
+    one env actor fits beside the reservation."""
+    reserved = dict(reserved or {})
+    need = {**reserved, "CPU": reserved.get("CPU", 0.0) + cpus_per_actor}
+    short = [f"{k} {v:g} > {total.get(k, 0.0):g}" for k, v in need.items() if v > total.get(k, 0.0) + _EPS]
+    if short:
+        raise ValueError(
+            f"the Ray cluster ({_fmt(total)}) cannot hold one env actor ({cpus_per_actor:g} CPU) beside the "
+            f"planner actor ({_fmt(reserved) or 'nothing'}): needed {', '.join(short)}; the evaluation would "
+            f"wait forever. Add resources, or lower the planner's / env actors' requests"
+        )
+    free_cpu = total.get("CPU", 0.0) - reserved.get("CPU", 0.0)
+    fit = max(1, int(free_cpu / cpus_per_actor + _EPS))
     if num_actors is None:
-        # One actor per episode, but never more than the cluster can run at once: actors that cannot be
-        # placed would wait forever (each MPC step gathers every actor's observation).
-        capacity = max(1, int(ray.cluster_resources().get("CPU", 1) / cpus_per_actor))
-        num_actors = min(e.n_evals, capacity)
-    n = min(e.n_evals, num_actors)
+        return min(n_evals, fit)
+    if min(n_evals, num_actors) > fit:
+        log.warning("eval.num_actors=%d env actors need %g CPU beside the planner's %g but the cluster has %g: "
+                    "they only start if the cluster grows", num_actors, num_actors * cpus_per_actor,
+                    reserved.get("CPU", 0.0), total.get("CPU", 0.0))  # fmt: skip
+    return min(n_evals, num_actors)
+
+
+_EPS = 1e-9  # fractional CPUs (0.25 x 4) must not round down a whole actor
+
+
+def _fmt(resources: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))
+
+
+def make_env_actors(
+    cfg: Config, num_actors: int | None, cpus_per_actor: float, reserved: Mapping[str, float] | None = None
+) -> Episodes:
+    """Env actors sharing ``eval.n_evals`` slots, sized by :func:`env_actor_count` (``reserved``: the planner
+    actor's resources, which must stay free for it)."""
+    e = cfg.eval
+    total = {k: float(v) for k, v in ray.cluster_resources().items()}
+    n = env_actor_count(e.n_evals, num_actors, cpus_per_actor, total, reserved)
     per = math.ceil(e.n_evals / n)
     slots = [min(per, e.n_evals - i * per) for i in range(n) if e.n_evals - i * per > 0]
     actor_cls = ray.remote(num_cpus=cpus_per_actor)(EpisodeGroup)
@@ -120,40 +172,43 @@ def evaluate_on_ray(
     dataset: Any = None,
 ) -> EvalResult:
     """Evaluate with env actors. ``planner``: ``local`` (model in the driver; ``wm`` or ``ckpt``) or
-    ``actor`` (a :class:`PlannerActor` loads ``ckpt``; ``planner_resources`` e.g. ``{"num_gpus": 1}``)."""
+    ``actor`` (a :class:`PlannerActor` loads ``ckpt``; ``planner_resources`` e.g. ``{"num_gpus": 1}``,
+    default one CPU). The planner actor's resources are reserved before the env actors are sized."""
     from dinowm_core.envs.base import make_env
     from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
 
     e = cfg.eval
-    episodes = make_env_actors(cfg, e.num_actors, cpus_per_actor)
-    box = ray.get(episodes.groups[0].action_box.remote())
-    size = e.render_size or cfg.img_size
-    target_env = make_env(cfg.env.name, img_size=size, **cfg.env.kwargs)
-    if planner == "actor" and e.policy == "planner":
-        if ckpt is None:
-            raise ValueError("planner=actor loads the model from a checkpoint: pass ckpt")
-        opts = planner_resources or {"num_cpus": 1}
-        handle = ray.remote(PlannerActor).options(**opts).remote(str(ckpt), cfg.to_json(), box)
-        policy = imaginer = RemotePolicy(handle)
-        normalizer = None
-        if e.goal_source == "random_action":
-            normalizer = ModelAdapter(wm or _load(ckpt), device="cpu").normalizer
-    elif planner in ("local", "actor"):
-        model = wm if wm is not None else (_load(ckpt) if ckpt is not None else None)
-        adapter = ModelAdapter(model, device=resolve_device(e.device)) if model is not None else None
-        policy = build_policy(cfg, adapter=adapter, action_box=box)
-        imaginer, normalizer = adapter, (adapter.normalizer if adapter else None)
-    else:
+    if planner not in ("local", "actor"):
         raise ValueError(f"planner must be 'local' or 'actor', got {planner!r}")
-    if dataset is None and e.goal_source in ("dset", "random_action"):
-        from dinowm_core.data.windows import build_datasets
-
-        dataset = build_datasets(cfg)[3]
+    use_actor = planner == "actor" and e.policy == "planner"
+    if use_actor and ckpt is None:
+        raise ValueError("planner=actor loads the model from a checkpoint: pass ckpt")
+    opts = planner_resources or {"num_cpus": 1}
+    episodes = make_env_actors(cfg, e.num_actors, cpus_per_actor, planner_demand(opts) if use_actor else None)
+    handle = None
     try:
+        box = ray.get(episodes.groups[0].action_box.remote())
+        size = e.render_size or cfg.img_size
+        target_env = make_env(cfg.env.name, img_size=size, **cfg.env.kwargs)
+        if use_actor:
+            handle = ray.remote(PlannerActor).options(**opts).remote(str(ckpt), cfg.to_json(), box)
+            policy = imaginer = RemotePolicy(handle)
+            normalizer = None
+            if e.goal_source == "random_action":
+                normalizer = ModelAdapter(wm or _load(ckpt), device="cpu").normalizer
+        else:
+            model = wm if wm is not None else (_load(ckpt) if ckpt is not None else None)
+            adapter = ModelAdapter(model, device=resolve_device(e.device)) if model is not None else None
+            policy = build_policy(cfg, adapter=adapter, action_box=box)
+            imaginer, normalizer = adapter, (adapter.normalizer if adapter else None)
+        if dataset is None and e.goal_source in ("dset", "random_action"):
+            from dinowm_core.data.windows import build_datasets
+
+            dataset = build_datasets(cfg)[3]
         return run_evaluation(cfg, episodes, policy, target_env, imaginer=imaginer, out_dir=out_dir,
                               dataset=dataset, normalizer=normalizer)  # fmt: skip
-    finally:
-        for h in episodes.groups:
+    finally:  # also on errors and interrupts: actors would otherwise hold their CPUs until the driver exits
+        for h in [*episodes.groups, *([handle] if handle is not None else [])]:
             ray.kill(h)
 
 
