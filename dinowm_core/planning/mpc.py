@@ -5,8 +5,9 @@ tail as the next plan's warm start (padded by the sub-planner up to H). The env 
 real observation, stopping, budgets) belongs to the evaluator.
 
 Deliberate deviations: the reference's plan.py forces ``n_taken_actions = horizon`` (which removes warm starts,
-bug 12) and loops until the simulator reports success; here ``n_taken_actions`` is honoured and the step budget
-is the caller's (``planner.mpc.max_iter``).
+bug 12) and loops until the simulator reports success (``max_iter: null``); here ``n_taken_actions`` is honoured
+(at most the horizon: a config error otherwise) and the episode length is the evaluator's fixed env-step budget
+``eval.budget``: this module has no iteration cap.
 """
 
 from __future__ import annotations
@@ -116,5 +117,6 @@ def make_planner(
     else:  # the config schema makes this unreachable
         raise ValueError(f"unknown planner {p.name!r}")
     if p.name.startswith("mpc_"):
-        return MPCPlanner(fn, horizon=h, n_taken_actions=min(p.mpc.n_taken_actions, h))
+        # Validated against planner.horizon by the config; an overriding ``horizon`` is checked by MPCPlanner.
+        return MPCPlanner(fn, horizon=h, n_taken_actions=p.mpc.n_taken_actions)
     return fn

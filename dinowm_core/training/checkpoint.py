@@ -161,9 +161,24 @@ def load_config_from_checkpoint(path: str | os.PathLike) -> Config:
     if not file.is_file():
         raise CheckpointError(f"{file}: missing (is {path} a dinowm checkpoint directory?)")
     try:
-        return Config.from_json(file.read_text())
+        return Config.from_json(_drop_legacy_keys(file.read_text(), file))
     except ConfigError as e:
         raise CheckpointError(f"{file}: {e}") from None
+
+
+def _drop_legacy_keys(text: str, file: Path) -> str:
+    """Checkpoints written before ``planner.mpc.max_iter`` was removed carry ``max_iter: null`` (the key was
+    never read); drop that one value so they still load. Any other value stays and fails as an unknown key."""
+    try:
+        data = json.loads(text)
+        mpc = data["planner"]["mpc"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return text  # not the legacy shape: let the config validation report what is wrong
+    if not isinstance(mpc, dict) or "max_iter" not in mpc or mpc["max_iter"] is not None:
+        return text
+    del mpc["max_iter"]
+    log.info("%s: dropped the legacy planner.mpc.max_iter=null (removed; eval.budget bounds episodes)", file)
+    return json.dumps(data)
 
 
 def load_world_model(
