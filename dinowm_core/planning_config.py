@@ -34,8 +34,14 @@ class GDConfig(ConfigModel):
 
 
 class MPCConfig(ConfigModel):
-    n_taken_actions: int = Field(5, gt=0)
-    max_iter: int | None = Field(None, gt=0)
+    """Receding horizon. There is no iteration cap: an episode's length is ``eval.budget`` env steps (the
+    reference's ``max_iter`` is gone; saved checkpoints that still carry ``max_iter: null`` load unchanged)."""
+
+    n_taken_actions: int = Field(
+        5,
+        gt=0,
+        description="model steps executed per plan (<= planner.horizon); the rest warm-starts the next",
+    )
 
 
 class ObjectiveConfig(ConfigModel):
@@ -67,6 +73,11 @@ class PlannerConfig(ConfigModel):
                 f"planner.cem.topk ({self.cem.topk}) must not exceed planner.cem.num_samples "
                 f"({self.cem.num_samples})"
             )
+        if self.name.startswith("mpc_") and self.mpc.n_taken_actions > self.horizon:
+            raise ValueError(
+                f"planner.mpc.n_taken_actions ({self.mpc.n_taken_actions}) must not exceed planner.horizon "
+                f"({self.horizon}): an MPC step can only execute actions it planned"
+            )
         return self
 
 
@@ -78,8 +89,17 @@ class EvalConfig(ConfigModel):
     """
 
     goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
-    goal_H: int = Field(
-        5, gt=0, description="dset/random_action goal distance in model steps (x frameskip env steps)"
+    # Reference section 5.1: goal_H is both the goal distance and the planning horizon. Here the horizon is
+    # planner.horizon and goal_H follows it unless set; see dinowm_core/planning/plan_config.py.
+    goal_H: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "dset/random_action goal distance in model steps (x frameskip env steps); None = planner.horizon "
+            "(reference: horizon = goal_H). Set explicitly and different from planner.horizon with an "
+            "open-loop planner (cem, gd) and a dset/random_action goal it is a config error: the plan would "
+            "stop short of (or run past) the goal. MPC planners replan, so any goal_H works with them"
+        ),
     )
     goal_file: str | None = Field(
         None, description="JSON or .npz targets for goal_source=file (never a pickle)"
@@ -90,7 +110,10 @@ class EvalConfig(ConfigModel):
     # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
     # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
     seed_scheme: Literal["spawn", "reference"] = "spawn"
-    oracle_stop: bool = Field(False, description="stop an episode at its first simulator success (labelled)")
+    oracle_stop: bool = Field(
+        False,
+        description="stop an episode at the first executed chunk that ends in simulator success (labelled)",
+    )
     policy: Literal["planner", "random"] = Field("planner", description="random = uniform in the env box")
     n_plot_samples: int = Field(10, ge=0, description="videos for the first n episodes of each seed")
     render_size: int | None = Field(None, gt=0, description="env render size; None = img_size")

@@ -117,12 +117,13 @@ def plan_cmd(
     import time
     from pathlib import Path
 
-    from dinowm_core.config import ConfigError, apply_overrides
+    from dinowm_core.config import ConfigError
     from dinowm_core.planning.evaluation import check_model_env, evaluate
+    from dinowm_core.planning.plan_config import plan_config
     from dinowm_core.training.checkpoint import CheckpointError, load_config_from_checkpoint, load_world_model
 
     try:
-        cfg = apply_overrides(load_config_from_checkpoint(ckpt), _eval_overrides(overrides or []))
+        cfg = plan_config(load_config_from_checkpoint(ckpt), _eval_overrides(overrides or []))
         check_model_env(cfg, load_config_from_checkpoint(ckpt))
     except (ConfigError, CheckpointError, ValueError) as e:
         _fail(str(e))

@@ -1,0 +1,110 @@
+"""The planning run's config: checkpoint config < per-env preset < command line (reference sections 5.1, 5.6).
+
+The reference plans with one Hydra file per env (``conf/plan_<env>.yaml``; section 5.6's table, section 8
+items 11-12). Ours are ``conf/plan/<env>.yaml``: flat mappings of dotted config keys, e.g.::
+
+    planner.objective.alpha: 0.0
+    planner.cem.opt_steps: 10
+
+:func:`plan_config` applies the preset of the evaluated env on top of the checkpoint's config and *before*
+the user's overrides, so ``planner.objective.alpha=1`` on the command line still wins. The applied preset is
+recorded in ``cfg.presets["plan"]`` and logged with its keys.
+
+It also resolves ``eval.goal_H`` (:func:`resolve_goal_H`). The reference uses one number for the goal
+distance and the planning horizon (section 5.1); ours keeps ``planner.horizon`` and lets ``goal_H`` follow it
+unless set. An open-loop plan (cem, gd) is executed whole and never replanned, so an explicit goal_H that
+differs from the horizon would end the episode short of (or past) a dset goal: that is a config error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dinowm_core.config import Config, ConfigError, apply_overrides, conf_dir, split_overrides
+
+log = logging.getLogger(__name__)
+
+OPEN_LOOP_PLANNERS = ("cem", "gd")
+#: goal sources whose goal lies goal_H model steps ahead (random_state / file goals have no such distance)
+DISTANCE_GOAL_SOURCES = ("dset", "random_action")
+
+
+def preset_path(env: str) -> Path:
+    return conf_dir() / "plan" / f"{env}.yaml"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def preset_overrides(env: str) -> dict[str, Any]:
+    """The dotted ``key: value`` pairs of ``conf/plan/<env>.yaml`` (empty when the env has none)."""
+    path = preset_path(env)
+    if not path.is_file():
+        return {}
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of dotted config keys")
+    return _flatten(tree)
+
+
+def _override(key: str, value: Any) -> str:
+    # JSON is valid YAML, and the overrides parser reads values as YAML: strings, floats and lists survive.
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def plan_config(base: Config, overrides: list[str]) -> Config:
+    """``base`` (the checkpoint's config) + the env's planning preset + ``overrides`` (they win), resolved.
+
+    Raises :class:`~dinowm_core.config.ConfigError` (a ``ValueError``) naming the offending key.
+    """
+    user = dict(split_overrides(overrides))
+    env = str(user.get("env", base.env.name)).strip()
+    preset = preset_overrides(env)
+    items = [_override(k, v) for k, v in preset.items()]
+    if preset:
+        items.append(f"presets.plan={env}")
+    cfg = apply_overrides(base, [*items, *overrides])
+    if preset:
+        won = sorted(k for k in preset if k in user)
+        log.info("planning preset %s: %s%s", preset_path(env), ", ".join(items[:-1]),
+                 f" (command line wins for {', '.join(won)})" if won else "")  # fmt: skip
+    else:
+        log.info(
+            "no planning preset for env %r (%s): checkpoint config and overrides only", env, preset_path(env)
+        )
+    return resolve_goal_H(cfg)
+
+
+def check_goal_H(cfg: Config) -> None:
+    """An explicit goal_H must equal planner.horizon for an open-loop planner on a goal goal_H steps ahead."""
+    e, p = cfg.eval, cfg.planner
+    if e.goal_H is None or e.goal_H == p.horizon or e.policy != "planner":
+        return
+    if p.name in OPEN_LOOP_PLANNERS and e.goal_source in DISTANCE_GOAL_SOURCES:
+        raise ConfigError(
+            f"eval.goal_H={e.goal_H} != planner.horizon={p.horizon}: open-loop planner {p.name!r} executes one "
+            f"{p.horizon}-step plan, so it would stop short of (or run past) a goal {e.goal_H} model steps "
+            f"ahead. Set both to the same value (the reference uses horizon = goal_H), leave eval.goal_H unset "
+            f"(eval.goal_H=null: it follows planner.horizon), or use an MPC planner"
+        )
+
+
+def resolve_goal_H(cfg: Config) -> Config:
+    """``cfg`` with ``eval.goal_H`` filled in (``None`` -> ``planner.horizon``), after :func:`check_goal_H`."""
+    check_goal_H(cfg)
+    if cfg.eval.goal_H is not None:
+        return cfg
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"goal_H": cfg.planner.horizon})})
