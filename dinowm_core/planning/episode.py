@@ -5,9 +5,12 @@ current observation, executes env-unit actions under a fixed env-step budget and
 :class:`EpisodeGroup` is a few runners behind one object, the unit an env process (or Ray actor) owns.
 Nothing here imports torch or a model, so an env worker stays light; the planner lives elsewhere.
 
-Success is evaluated at the end of the budget (the headline); "success at any step" is tracked as a
-secondary, labelled metric. Only ``oracle_stop=True`` lets the simulator's success end an episode early
-(the reference MPC's behaviour), and results say so.
+Success is evaluated at the end of the budget (the headline); "success at any step" is a secondary, labelled
+metric checked at reset and after *every* env step (finer than anything the reference measures). Only
+``oracle_stop=True`` lets the simulator's success end an episode early, at the reference MPC's granularity
+(section 5.6): success is checked once per executed chunk, i.e. at the end of each :meth:`EpisodeRunner.step`
+call (one MPC iteration's ``n_taken_actions * frameskip`` env steps, or a whole open-loop plan), never before
+the first chunk; results say so (``stopped_by_oracle``).
 """
 
 from __future__ import annotations
@@ -56,12 +59,15 @@ class EpisodeRunner:
         self.min_distance = min(self.min_distance, float(ev.get("distance", np.nan)))
         if ev["success"] and self.first_success is None:
             self.first_success = self.steps
-            self.stopped_by_oracle = self.oracle_stop
         self.last_eval, self.state = ev, np.asarray(state, np.float64)
         return ev
 
     def step(self, actions: np.ndarray) -> int:
-        """Execute up to ``len(actions)`` env steps (fewer when the budget or an oracle stop ends it)."""
+        """Execute one chunk: up to ``len(actions)`` env steps (fewer when the budget ends it).
+
+        With ``oracle_stop`` the episode ends after this chunk if the state it leaves is a success (the
+        reference evaluates each MPC iteration's rollout at its end; passing the goal mid-chunk does not count).
+        """
         n = 0
         for a in np.asarray(actions, np.float64):
             if self.done:
@@ -75,6 +81,8 @@ class EpisodeRunner:
             if self.record:
                 self.frames.append(self.obs["visual"])
             self._measure(info["state"])
+        if self.oracle_stop and n > 0 and self.last_eval["success"]:
+            self.stopped_by_oracle = True
         return n
 
     def result(self) -> dict[str, Any]:

@@ -11,8 +11,11 @@
    does (``env_steps`` records it). Finished episodes stay in the batch (their rows are ignored) so that MPC
    warm starts keep their episode order;
 4. per-episode metrics (success at the end of the budget; "success at any step" as a secondary, labelled
-   metric; final distance / Chamfer; embedding divergence between the imagined and the real final frame;
-   planning seconds per env step), aggregated per seed and pooled with a 95% Wilson interval;
+   metric; final distance / Chamfer; ``visual_dist`` / ``proprio_dist``, the mean absolute difference between
+   the final real observation and the goal observation in raw pixels (0-255) / raw proprio (reference 5.7's
+   ``mean_visual_dist`` / ``mean_proprio_dist``, computed in float); embedding divergence between the imagined
+   and the real final frame; planning seconds per env step), aggregated per seed and pooled with a 95%
+   Wilson interval;
 5. ``results.json`` and, for the first ``n_plot_samples`` episodes of each seed, an mp4 of
    [real | imagined (decoded) | goal].
 
@@ -21,7 +24,8 @@ env groups; a Ray runner passes actor handles and a ``ray.get`` fan-out and reus
 
 Deviations from the reference: a fixed budget without oracle stop is the headline (``oracle_stop=true``
 reproduces the reference's stop-at-success and is labelled); the imagined trajectory is the open-loop
-rollout of the executed actions from obs_0 (as the reference evaluator); divergences are per-episode MSEs.
+rollout of the executed actions from obs_0 (as the reference evaluator); divergences are per-episode MSEs;
+the reference's visual distance wraps around on uint8 images (bug 13), ours is taken in float.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 from dinowm_core.config import Config
 from dinowm_core.planning.episode import EpisodeGroup, Obs
 from dinowm_core.planning.goals import Target, make_targets
+from dinowm_core.planning.plan_config import resolve_goal_H
 from dinowm_core.planning.policy import Policy
 from dinowm_core.planning.video import write_episode_video
 
@@ -139,12 +144,29 @@ def run_batch(
         episodes.step(actions)
         if not policy.closed_loop:
             break
+    final, goal, _ = episodes.observe()
+    visual_dist, proprio_dist = goal_distances(final, goal)
     results = episodes.results()
-    for r, s, c in zip(results, plan_s, calls, strict=True):
+    for i, (r, s, c) in enumerate(zip(results, plan_s, calls, strict=True)):
         m = r["metrics"]
         m["plan_calls"], m["plan_seconds"] = int(c), float(s)
         m["plan_s_per_step"] = float(s) / max(1, m["env_steps"])
+        m["visual_dist"], m["proprio_dist"] = float(visual_dist[i]), float(proprio_dist[i])
     return results
+
+
+def goal_distances(final: Obs, goal: Obs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode mean |final - goal| over raw pixels (0-255) and over raw proprio (reference 5.7).
+
+    The reference takes ``norm(e_obs - obs_g, axis=1)`` along a length-1 time axis, i.e. an element-wise
+    absolute difference, then the mean; on uint8 frames its subtraction wraps around, so we subtract in float.
+    """
+
+    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+        return np.abs(diff).reshape(len(diff), -1).mean(1)
+
+    return dist(final["visual"], goal["visual"]), dist(final["proprio"], goal["proprio"])
 
 
 def add_imagination(results: list[dict], imaginer: Any, frameskip: int) -> None:
@@ -240,14 +262,25 @@ def policy_name(cfg: Config) -> str:
     return "random" if cfg.eval.policy == "random" else cfg.planner.name
 
 
+def protocol_label(cfg: Config) -> str:
+    """What an episode actually runs: open-loop planners execute one plan (``horizon * frameskip`` env steps,
+    cut at the budget); MPC and the random baseline run chunks to the budget, or to an oracle stop."""
+    e, p = cfg.eval, cfg.planner
+    chunk = (p.mpc.n_taken_actions if p.name.startswith("mpc_") else p.horizon) * cfg.frameskip
+    if e.policy == "planner" and not p.name.startswith("mpc_"):
+        steps = min(chunk, e.budget)
+        cut = f", cut to the budget of {e.budget}" if chunk > e.budget else ""
+        return (f"open loop: one plan of {p.horizon} model steps, {steps} env steps executed{cut}; "
+                f"success judged at the end of the plan, no replanning")  # fmt: skip
+    if e.oracle_stop:
+        return (f"oracle stop (reference protocol): success checked after each executed chunk of {chunk} env "
+                f"steps, an episode ends at the first such success or at the budget of {e.budget} env steps")  # fmt: skip
+    return f"fixed budget of {e.budget} env steps in chunks of {chunk}, success judged at the end, no oracle stop"
+
+
 def protocol(cfg: Config) -> dict[str, Any]:
     e = cfg.eval
-    label = (
-        f"oracle stop (reference protocol: an episode ends at the simulator's first success), "
-        f"budget {e.budget}"
-        if e.oracle_stop
-        else f"fixed budget of {e.budget} env steps, success judged at the end, no oracle stop"
-    )
+    label = protocol_label(cfg)
     return {
         **e.model_dump(),
         "label": label,
@@ -263,8 +296,9 @@ def targets_for_seed(
 ) -> list[Target]:
     """``dataset``: the val :class:`~dinowm_core.data.windows.TrajectoryDataset` (dset / random_action)."""
     e = cfg.eval
+    goal_H = e.goal_H if e.goal_H is not None else cfg.planner.horizon
     return make_targets(
-        env, e.goal_source, seed, e.n_evals, frameskip=cfg.frameskip, goal_H=e.goal_H,
+        env, e.goal_source, seed, e.n_evals, frameskip=cfg.frameskip, goal_H=goal_H,
         store=getattr(dataset, "store", None), val_episodes=getattr(dataset, "episodes", None),
         normalizer=normalizer, goal_file=e.goal_file, seed_scheme=e.seed_scheme,
     )  # fmt: skip
@@ -282,6 +316,9 @@ def run_evaluation(
     normalizer: Any = None,
 ) -> EvalResult:
     """The evaluation loop over seeds, given env groups and a policy (in-process or remote)."""
+    cfg = resolve_goal_H(cfg)
+    if dataset is None and cfg.eval.goal_source == "random_state":
+        dataset = layout_dataset(cfg)
     result = EvalResult(protocol(cfg))
     out = Path(out_dir) if out_dir is not None else None
     for seed in cfg.eval.seeds:
@@ -306,6 +343,28 @@ def run_evaluation(
     if out is not None:
         result.write_json(out / "results.json")
     return result
+
+
+def layout_dataset(cfg: Config) -> Any:
+    """The val trajectories whose env params give random_state episodes their layouts (reference 5.2's
+    ``update_env``), or None (default layout, logged) when ``data.path`` is unset or cannot be read."""
+    path = cfg.data.path
+    if not path or not (Path(path) / "manifest.json").is_file():
+        log.info(
+            "random_state goals: no dataset at data.path=%r, episodes use the env's default layout", path
+        )
+        return None
+    from dinowm_core.data.store import DatasetError
+    from dinowm_core.data.windows import build_datasets
+
+    try:
+        val = build_datasets(cfg)[3]
+    except DatasetError as e:
+        log.warning("random_state goals: dataset %s unusable (%s), episodes use the default layout", path, e)
+        return None
+    log.info("random_state goals: each episode takes the layout of one of %d val trajectories of %s",
+             len(val.episodes), path)  # fmt: skip
+    return val
 
 
 def evaluate(

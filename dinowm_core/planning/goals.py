@@ -3,7 +3,9 @@
 A :class:`Target` is plain data (states, env params, the goal frame) so it can be shipped to an env actor
 and written to / read from a file. Goal sources:
 
-* ``random_state``: ``env.sample_init_goal(seed)`` (Wall, PointMaze), goal frame rendered at the goal state;
+* ``random_state``: ``env.sample_init_goal(seed)`` (Wall, PointMaze), goal frame rendered at the goal state.
+  With a dataset, each episode first takes the env params (e.g. Wall's ``wall_x`` / ``door_y``) of a val
+  trajectory picked by its episode seed, as the reference's ``update_env``; without one, the default layout;
 * ``dset``: a segment of a held-out (val) trajectory; its recorded env actions for ``frameskip * goal_H``
   steps are *replayed in the env* from the segment's first state with the trajectory's env params, and
   ``obs_g`` / ``state_g`` are the replay's last frame / state (not the dataset's images);
@@ -156,6 +158,22 @@ def random_state_target(
                   origin={"source": "random_state"})  # fmt: skip
 
 
+def dataset_layout_target(
+    env: PlanningEnv,
+    store: TrajectoryStore,
+    episodes: np.ndarray,
+    episode_seed: int,
+    default: dict[str, Any],
+) -> Target:
+    """A random_state target in the layout of a (seeded) val trajectory (reference 5.2: a length-2 segment
+    gives the episode's env_info, ``update_env`` applies it, then init/goal are sampled). Keys the trajectory
+    does not record keep ``default``, so no layout leaks from one episode into the next."""
+    ep, _ = _segment(store, np.asarray(episodes), 2, np.random.default_rng(episode_seed))
+    target = random_state_target(env, episode_seed, {**default, **store.env_params(ep)})
+    target.origin["layout_episode"] = ep
+    return target
+
+
 # ---- files ------------------------------------------------------------------------------------------
 def save_targets(path: str | Path, targets: list[Target], **meta: Any) -> Path:
     """Write targets as JSON (the safe counterpart of the reference's ``plan_targets.pkl``)."""
@@ -225,11 +243,19 @@ def make_targets(
     goal_file: str | Path | None = None,
     seed_scheme: str = "spawn",
 ) -> list[Target]:
-    """The ``n_evals`` targets of eval seed ``seed`` (dset sources need ``store`` and ``val_episodes``)."""
+    """The ``n_evals`` targets of eval seed ``seed`` (dset sources need ``store`` and ``val_episodes``;
+    random_state uses them, when given, for per-episode dataset layouts)."""
     seeds = episode_seeds(seed, n_evals, seed_scheme)
     if source == "random_state":
         default = dict(env.env_params)
-        return [random_state_target(env, s, default) for s in seeds]
+        try:
+            if store is None or val_episodes is None or len(val_episodes) == 0:
+                log.info("random_state goals: no dataset, every episode uses the env's default layout %s",
+                         default)  # fmt: skip
+                return [random_state_target(env, s, default) for s in seeds]
+            return [dataset_layout_target(env, store, val_episodes, s, default) for s in seeds]
+        finally:
+            env.set_env_params(default)  # the next call starts from the same default layout
     if source in ("dset", "random_action"):
         if store is None or val_episodes is None or len(val_episodes) == 0:
             raise ValueError(

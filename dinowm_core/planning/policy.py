@@ -57,9 +57,8 @@ class ModelAdapter:
         self.img_size, self.frameskip, self.env_action_dim = cfg.img_size, cfg.frameskip, cfg.env.action_dim
         if wm.normalization is None:
             log.warning("checkpoint has no normalization statistics: using identity normalization")
-            self.normalizer = Normalizer.identity(
-                cfg.env.action_dim, cfg.env.proprio_dim, cfg.env.action_scale
-            )
+            # stores hold env units (the importer converts PushT's pixel actions), so no action scale here
+            self.normalizer = Normalizer.identity(cfg.env.action_dim, cfg.env.proprio_dim)
         else:
             self.normalizer = Normalizer.from_dict(wm.normalization)
 

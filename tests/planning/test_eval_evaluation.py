@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from dinowm_core.planning.evaluation import check_model_env, evaluate, summarize, wilson_interval
+from dinowm_core.planning.evaluation import check_model_env, evaluate, protocol, summarize, wilson_interval
 from dinowm_core.planning.goals import Target, save_targets
 from tests.planning.eval_helpers import make_wall_dataset, tiny_cfg, tiny_wm
 
@@ -73,20 +73,23 @@ def test_random_baseline_stays_in_box_and_is_deterministic(tmp_path):
 
 
 class _PushRight:
-    """A stand-in policy: always +x at full speed (2 px per env step)."""
+    """A stand-in policy: always +x at full speed (2 px per env step), ``chunk`` env steps per call."""
 
     closed_loop = True
+
+    def __init__(self, chunk: int = 5) -> None:
+        self.chunk = chunk
 
     def reset(self, episode_seeds, seed):
         self.n = len(episode_seeds)
 
     def plan(self, obs, goal):
-        return np.tile([1.0, 0.0], (self.n, 5, 1))
+        return np.tile([1.0, 0.0], (self.n, self.chunk, 1))
 
 
-def _near_goal_file(tmp_path):
-    # goal 6 px right of the start, left of the wall: reached after 1 step, overshot after 6 more
-    t = Target(0, np.array([10.0, 20.0]), np.array([16.0, 20.0]), {"wall_x": 32, "door_y": 30})
+def _near_goal_file(tmp_path, goal_dx: float = 6.0):
+    # default: goal 6 px right of the start, left of the wall: success (< 4.5 px) after steps 1-5, not after 6
+    t = Target(0, np.array([10.0, 20.0]), np.array([10.0 + goal_dx, 20.0]), {"wall_x": 32, "door_y": 30})
     return save_targets(tmp_path / "near.json", [t, t])
 
 
@@ -97,12 +100,46 @@ def test_success_at_end_vs_any_step_and_oracle_stop(tmp_path, oracle):
     result = evaluate(None, cfg, policy=_PushRight())
     m = result.per_seed[0][0]
     assert m["success_any_step"] and m["first_success_step"] == 1
-    if oracle:
-        assert m["success"] and m["stopped_by_oracle"] and m["env_steps"] == 1
+    if oracle:  # checked at the end of the first executed chunk (5 env steps), as the reference MPC
+        assert m["success"] and m["stopped_by_oracle"] and m["env_steps"] == 5
         assert "oracle stop" in result.protocol["label"]
     else:
         assert not m["success"] and m["env_steps"] == 20 and m["distance"] > 4.5
         assert result.summary()["success_rate"] == 0 and result.summary()["success_any_step_rate"] == 1
+
+
+def _oracle_cfg(goal_file, *extra):
+    return tiny_cfg("eval.goal_source=file", f"eval.goal_file={goal_file}", "eval.n_evals=2", "eval.budget=20",
+                    "eval.seeds=[0]", "eval.oracle_stop=true", *extra)  # fmt: skip
+
+
+def test_oracle_stop_ignores_a_success_passed_within_a_chunk(tmp_path):
+    """Success during steps 1-5 of a 10-step chunk, gone at its end: the reference never sees it."""
+    result = evaluate(None, _oracle_cfg(_near_goal_file(tmp_path)), policy=_PushRight(chunk=10))
+    m = result.per_seed[0][0]
+    assert not m["stopped_by_oracle"] and m["env_steps"] == 20 and not m["success"]
+    # the per-step secondary metric still sees it
+    assert m["success_any_step"] and m["first_success_step"] == 1
+
+
+def test_oracle_stop_executes_at_least_one_chunk(tmp_path):
+    """An episode that starts at its goal is not a success before any action (the reference plans first)."""
+    result = evaluate(None, _oracle_cfg(_near_goal_file(tmp_path, goal_dx=-2.0)), policy=_PushRight())
+    m = result.per_seed[0][0]
+    assert m["first_success_step"] == 0  # at the goal at reset...
+    assert m["env_steps"] == 20 and not m["stopped_by_oracle"] and not m["success"]  # ...then pushed away
+
+
+def test_open_loop_label_says_what_ran():
+    cfg = tiny_cfg("planner=cem", "eval.n_evals=1", "eval.budget=30", "eval.seeds=[0]")
+    result = evaluate(tiny_wm(cfg), cfg)
+    assert result.per_seed[0][0]["env_steps"] == 25  # one plan of horizon 5 x frameskip 5
+    label = result.protocol["label"]
+    assert "open loop" in label and "25 env steps executed" in label and "fixed budget" not in label
+    mpc = tiny_cfg("eval.budget=30")
+    assert protocol(mpc)["label"].startswith("fixed budget of 30 env steps")
+    cut = protocol(tiny_cfg("planner=gd", "eval.budget=10"))["label"]
+    assert "10 env steps executed, cut to the budget of 10" in cut
 
 
 def test_dset_goals_in_evaluation(tmp_path):

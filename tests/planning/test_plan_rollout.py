@@ -143,6 +143,7 @@ def test_planner_compile_flag_reaches_the_rollout(monkeypatch, name):
             [
                 f"planner={name}",
                 "planner.horizon=3",
+                "planner.mpc.n_taken_actions=1",
                 f"planner.compile={flag}",
                 "planner.cem.num_samples=8",
                 "planner.cem.topk=2",
@@ -152,3 +153,18 @@ def test_planner_compile_flag_reaches_the_rollout(monkeypatch, name):
         )
         make_planner(cfg, wm).act(z0, goal)
         assert bool(calls) == (flag == "true")
+
+
+def test_checkpoint_without_statistics_plans_in_env_units():
+    """PushT's preset carries the reference's pixels-per-unit (100) for the importer; planning must not use it."""
+    import numpy as np
+
+    from dinowm_core import build_world_model, load_config
+    from dinowm_core.planning.policy import ModelAdapter
+
+    wm = build_world_model(load_config(["env=pusht", "encoder=dino_tiny", "img_size=64", "decoder=none"]))
+    wm.normalization = None
+    norm = ModelAdapter(wm).normalizer
+    assert wm.cfg.env.action_scale == 100.0
+    a = np.array([[0.3, -0.2]])
+    np.testing.assert_allclose(norm.normalize_actions(a), a)
