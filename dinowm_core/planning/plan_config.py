@@ -73,12 +73,14 @@ def plan_config(base: Config, overrides: list[str]) -> Config:
     user = dict(split_overrides(overrides))
     env = str(user.get("env", base.env.name)).strip()
     preset = preset_overrides(env)
-    items = [_override(k, v) for k, v in preset.items()]
+    # Group choices (`planner=cem`) are applied before dotted keys, so a preset's planner.name would beat the
+    # user's choice: drop every preset key the command line sets, directly or through its group.
+    won = sorted(k for k in preset if k in user or (k == "planner.name" and "planner" in user))
+    items = [_override(k, v) for k, v in preset.items() if k not in won]
     if preset:
         items.append(f"presets.plan={env}")
     cfg = apply_overrides(base, [*items, *overrides])
     if preset:
-        won = sorted(k for k in preset if k in user)
         log.info("planning preset %s: %s%s", preset_path(env), ", ".join(items[:-1]),
                  f" (command line wins for {', '.join(won)})" if won else "")  # fmt: skip
     else:

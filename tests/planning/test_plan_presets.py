@@ -24,7 +24,7 @@ REFERENCE = {
 
 def _ckpt_cfg(env: str, *extra: str):
     # A checkpoint's config: training-time planner defaults (alpha 1, opt_steps 30), no eval settings.
-    return load_config([f"env={env}", "encoder=dino_tiny", "img_size=64", "planner=mpc_cem", *extra])
+    return load_config([f"env={env}", "encoder=dino_tiny", "img_size=64", "planner=cem", *extra])
 
 
 @pytest.mark.parametrize("env", sorted(REFERENCE))
@@ -37,6 +37,7 @@ def test_reference_env_presets_are_applied(env):
         steps,
     )
     assert cfg.eval.goal_H == cfg.planner.horizon == 5  # reference goal_H 5 = horizon
+    assert cfg.planner.name == "mpc_cem" and cfg.planner.mpc.n_taken_actions == 5  # every released env config
     assert cfg.presets["plan"] == env
 
 
@@ -56,7 +57,7 @@ def test_command_line_wins_over_the_preset_and_is_logged(caplog):
     )
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "point_maze.yaml" in msg and "planner.cem.opt_steps=10" in msg and "planner.objective.alpha" in msg
-    assert "command line wins for planner.objective.alpha" in msg
+    assert "command line wins for planner.name, planner.objective.alpha" in msg  # planner=cem beat mpc_cem
 
 
 def test_preset_keys_are_validated(tmp_path, monkeypatch):
