@@ -25,7 +25,8 @@ import ray
 
 from dinowm_core.config import Config
 from dinowm_core.planning.episode import EpisodeGroup
-from dinowm_core.planning.evaluation import Episodes, EvalResult, run_evaluation
+from dinowm_core.planning.eval_report import EvalResult
+from dinowm_core.planning.evaluation import Episodes, run_evaluation
 
 log = logging.getLogger(__name__)
 

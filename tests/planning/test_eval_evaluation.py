@@ -9,7 +9,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from dinowm_core.planning.evaluation import check_model_env, evaluate, protocol, summarize, wilson_interval
+from dinowm_core.planning.eval_report import protocol, summarize, wilson_interval
+from dinowm_core.planning.evaluation import check_model_env, evaluate
 from dinowm_core.planning.goals import Target, save_targets
 from tests.planning.eval_helpers import make_wall_dataset, tiny_cfg, tiny_wm
 

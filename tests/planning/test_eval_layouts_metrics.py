@@ -8,7 +8,8 @@ import logging
 import numpy as np
 
 from dinowm_core.envs.base import make_env
-from dinowm_core.planning.evaluation import evaluate, goal_distances, layout_dataset
+from dinowm_core.planning.eval_report import goal_distances
+from dinowm_core.planning.evaluation import evaluate, layout_dataset
 from dinowm_core.planning.goals import Target, make_targets, save_targets
 from tests.planning.eval_helpers import make_wall_dataset, tiny_cfg
 
