@@ -81,6 +81,13 @@ class RemotePolicy:
         return ray.get(self.handle.imagine.remote(obs0, actions, final, decode))
 
 
+_EPS = 1e-9  # fractional CPUs (0.25 x 4) must not round down a whole actor
+
+
+def _fmt(resources: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))
+
+
 def planner_demand(opts: Mapping[str, Any]) -> dict[str, float]:
     """The Ray resources a planner actor created with ``.options(**opts)`` holds for its lifetime. An actor
     with any resource option holds 1 CPU unless ``num_cpus`` says otherwise (Ray's default)."""
@@ -124,13 +131,6 @@ def env_actor_count(
                     "they only start if the cluster grows", num_actors, num_actors * cpus_per_actor,
                     reserved.get("CPU", 0.0), total.get("CPU", 0.0))  # fmt: skip
     return min(n_evals, num_actors)
-
-
-_EPS = 1e-9  # fractional CPUs (0.25 x 4) must not round down a whole actor
-
-
-def _fmt(resources: Mapping[str, float]) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))
 
 
 def make_env_actors(
@@ -202,10 +202,6 @@ def evaluate_on_ray(
             adapter = ModelAdapter(model, device=resolve_device(e.device)) if model is not None else None
             policy = build_policy(cfg, adapter=adapter, action_box=box)
             imaginer, normalizer = adapter, (adapter.normalizer if adapter else None)
-        if dataset is None and e.goal_source in ("dset", "random_action"):
-            from dinowm_core.data.windows import build_datasets
-
-            dataset = build_datasets(cfg)[3]
         return run_evaluation(cfg, episodes, policy, target_env, imaginer=imaginer, out_dir=out_dir,
                               dataset=dataset, normalizer=normalizer)  # fmt: skip
     finally:  # also on errors and interrupts: actors would otherwise hold their CPUs until the driver exits

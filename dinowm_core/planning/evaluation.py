@@ -192,8 +192,8 @@ def run_evaluation(
 ) -> EvalResult:
     """The evaluation loop over seeds, given env groups and a policy (in-process or remote)."""
     cfg = resolve_goal_H(cfg)
-    if dataset is None and cfg.eval.goal_source == "random_state":
-        dataset = layout_dataset(cfg)
+    if dataset is None:
+        dataset = eval_dataset(cfg)
     result = EvalResult(protocol(cfg))
     out = Path(out_dir) if out_dir is not None else None
     for seed in cfg.eval.seeds:
@@ -218,6 +218,18 @@ def run_evaluation(
     if out is not None:
         result.write_json(out / "results.json")
     return result
+
+
+def eval_dataset(cfg: Config) -> Any:
+    """The val trajectories the goal source needs: dset / random_action goals come from them (a missing
+    dataset is an error), random_state episodes take their layouts (optional, see :func:`layout_dataset`)."""
+    if cfg.eval.goal_source in ("dset", "random_action"):
+        from dinowm_core.data.windows import build_datasets
+
+        return build_datasets(cfg)[3]
+    if cfg.eval.goal_source == "random_state":
+        return layout_dataset(cfg)
+    return None
 
 
 def layout_dataset(cfg: Config) -> Any:
@@ -261,10 +273,6 @@ def evaluate(
     adapter = ModelAdapter(wm, device=resolve_device(e.device)) if wm is not None else None
     if policy is None:
         policy = build_policy(cfg, adapter=adapter, action_box=group.action_box())
-    if dataset is None and e.goal_source in ("dset", "random_action"):
-        from dinowm_core.data.windows import build_datasets
-
-        dataset = build_datasets(cfg)[3]
     target_env = make_env(cfg.env.name, img_size=size, **cfg.env.kwargs)
     normalizer = adapter.normalizer if adapter is not None else None
     return run_evaluation(cfg, Episodes([group], [e.n_evals]), policy, target_env, imaginer=adapter,

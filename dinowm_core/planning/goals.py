@@ -248,11 +248,11 @@ def make_targets(
     seeds = episode_seeds(seed, n_evals, seed_scheme)
     if source == "random_state":
         default = dict(env.env_params)
+        if store is None or val_episodes is None or len(val_episodes) == 0:
+            log.info("random_state goals: no dataset, every episode uses the env's default layout %s",
+                     default)  # fmt: skip
+            return [random_state_target(env, s, default) for s in seeds]
         try:
-            if store is None or val_episodes is None or len(val_episodes) == 0:
-                log.info("random_state goals: no dataset, every episode uses the env's default layout %s",
-                         default)  # fmt: skip
-                return [random_state_target(env, s, default) for s in seeds]
             return [dataset_layout_target(env, store, val_episodes, s, default) for s in seeds]
         finally:
             env.set_env_params(default)  # the next call starts from the same default layout

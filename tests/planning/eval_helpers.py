@@ -9,15 +9,11 @@ import torch
 from dinowm_core import build_world_model, load_config, save_world_model
 from dinowm_core.data.generate import generate
 from dinowm_core.data.store import TrajectoryStore
+from tests.conftest import TINY
 
-# num_hist 1 as the reference wall config; small CEM so one MPC step costs milliseconds.
+# The tiny model with num_hist 1 as the reference wall config; small CEM so one MPC step costs milliseconds.
 EVAL_TINY = [
-    "env=wall",
-    "encoder=dino_tiny",
-    "predictor=vit_small",
-    "decoder=vqvae_small",
-    "img_size=64",
-    "frameskip=5",
+    *TINY,
     "num_hist=1",
     "planner=mpc_cem",
     "planner.cem.num_samples=12",
