@@ -1,9 +1,9 @@
-"""The fast planning rollout (KV cache, last-frame pruning, SDPA, bf16) equals WorldModel.rollout."""
+"""The fast planning rollout (KV cache, last-frame pruning, SDPA, bf16, aligned width) equals WorldModel.rollout."""
 
 import pytest
 import torch
 
-from dinowm_core.planning.rollout import fast_rollout
+from dinowm_core.planning.rollout import Rollout, fast_rollout
 from tests.planning.plan_helpers import tiny_obs, tiny_wm
 
 
@@ -66,37 +66,66 @@ def test_too_few_actions_for_the_context_is_an_error():
 @pytest.mark.parametrize("concat", ["channel", "token"])
 def test_width_aligned_rollout_matches(concat):
     from dinowm_core import build_world_model, load_config
-    from dinowm_core.planning.rollout import aligned_predictor, fast_rollout
 
     cfg = load_config(["env=wall", "encoder=dino_tiny", "img_size=64", "decoder=none", f"concat={concat}"])
     wm = build_world_model(cfg).eval()
-    p = aligned_predictor(wm.predictor)
-    assert p.dim % 8 == 0 and p.dim > wm.predictor.dim or wm.predictor.dim % 8 == 0
     dp = 10 if concat == "channel" else 64
     z0 = {"visual": torch.randn(3, 1, 16, 64), "proprio": torch.randn(3, 1, dp)}
     act = torch.randn(3, 6, 10)
     with torch.no_grad():
         ref, _ = wm.rollout(None, act, z_obs0=z0)
         got, _ = fast_rollout(wm, z0, act, align=True)
-        # the padded features of the aligned predictor stay exactly zero
-        x = torch.nn.functional.pad(torch.randn(2, 16, wm.predictor.dim), (0, p.dim - wm.predictor.dim))
-        assert torch.count_nonzero(p(x)[..., wm.predictor.dim :]) == 0
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=2e-5)
 
 
-def test_aligned_copy_follows_weight_updates():
+def _wall_wm():
     from dinowm_core import build_world_model, load_config
-    from dinowm_core.planning.rollout import fast_rollout
 
     wm = build_world_model(
         load_config(["env=wall", "encoder=dino_tiny", "img_size=64", "decoder=none"])
     ).eval()
+    assert wm.predictor.dim % 8  # so that the aligned copy differs from the predictor
+    return wm
+
+
+def test_rollout_builds_the_aligned_copy_once(monkeypatch):
+    from dinowm_core.models.predictor import ViTPredictor
+
+    built = []
+    width_aligned = ViTPredictor.width_aligned
+
+    def counting(self, *args):
+        built.append(self)
+        return width_aligned(self, *args)
+
+    monkeypatch.setattr(ViTPredictor, "width_aligned", counting)
+    wm = _wall_wm()
+    z0 = {"visual": torch.randn(2, 1, 16, 64), "proprio": torch.randn(2, 1, 10)}
+    act = torch.randn(2, 3, 10)
+    rollout = Rollout(wm, align=True)
+    with torch.no_grad():
+        ref, _ = wm.rollout(None, act, z_obs0=z0)
+        first, _ = rollout(z0, act)
+        second, _ = rollout(z0, act)
+    assert len(built) == 1
+    assert torch.equal(first["visual"], second["visual"])
+    torch.testing.assert_close(first["visual"], ref["visual"], rtol=0, atol=2e-5)
+    # With gradients (GD planning) the plain predictor runs: the frozen copy cannot carry them.
+    a = act.clone().requires_grad_(True)
+    z_obs, _ = rollout(z0, a)
+    assert z_obs["visual"].requires_grad and len(built) == 1
+    torch.testing.assert_close(z_obs["visual"].detach(), ref["visual"], rtol=0, atol=2e-5)
+
+
+def test_fast_rollout_follows_weight_updates():
+    """Each fast_rollout call builds its own Rollout, hence a fresh aligned copy."""
+    wm = _wall_wm()
     z0 = {"visual": torch.randn(2, 1, 16, 64), "proprio": torch.randn(2, 1, 10)}
     act = torch.randn(2, 3, 10)
     with torch.no_grad():
         before, _ = fast_rollout(wm, z0, act, align=True)
-        wm.predictor.norm.bias.add_(1.0)  # in-place update bumps the parameter version
+        wm.predictor.norm.bias.add_(1.0)
         after, _ = fast_rollout(wm, z0, act, align=True)
         ref, _ = wm.rollout(None, act, z_obs0=z0)
     assert not torch.allclose(before["visual"], after["visual"])
