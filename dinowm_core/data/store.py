@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dinowm_core.data.fileio import sha256_file
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 EPISODES_FILE = "episodes.arrow"
@@ -318,8 +320,6 @@ class TrajectoryStore:
     # ---- integrity --------------------------------------------------------------------------------
     def verify(self) -> list[str]:
         """Recompute every file's sha256 and decode every record batch; return the problems found."""
-        from dinowm_core.data.writer import sha256_file
-
         problems = []
         for name, meta in sorted(self.manifest["files"].items()):
             f = self.path / name

@@ -11,7 +11,6 @@ Three layers, so that one process, a multiprocessing pool and Ray tasks share th
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dinowm_core.data.fileio import atomic_write_text, sha256_file  # generate/features import them from here
 from dinowm_core.data.normalization import RunningStats
 from dinowm_core.data.store import (
     BATCH_ROWS,
@@ -60,20 +60,6 @@ class ShardInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
         return cls(**d)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def episode_spaces(ep: Episode) -> dict[str, Any]:
