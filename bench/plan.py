@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dinowm_core import build_world_model, load_config  # noqa: E402
-from dinowm_core.planning import cem_plan, evaluate_plans, gd_plan, objective  # noqa: E402
+from dinowm_core.config import CEMConfig, GDConfig, ObjectiveConfig, PlannerConfig  # noqa: E402
+from dinowm_core.planning import PlanProblem, Rollout, make_planner, objective  # noqa: E402
 
 CONFIGS = {
     "p16": ["encoder.pretrained=false", "img_size=64"],
@@ -85,13 +86,13 @@ def rollout_tflop_per_plan(
     """Work of one CEM plan (GEMMs + attention of every rollout, x samples x iterations), counted on 2 rows."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dinowm_core.planning import fast_rollout
+    from dinowm_core.planning import Rollout
 
     _count_cpu_attention()
     z = {k: v[:1].expand(2, *v.shape[1:]) for k, v in z0.items()}
     act = torch.zeros(2, horizon, act_dim, device=z["visual"].device)
     with FlopCounterMode(display=False) as counter:
-        fast_rollout(wm, z, act, align=False)
+        Rollout(wm, align=False)(z, act)
     return counter.get_total_flops() / 2 * num_samples * opt_steps / 1e12
 
 
@@ -106,6 +107,14 @@ def reference_cem_iteration(wm, obs, z_goal, mean, std, num_samples, topk):
         loss = objective(z_pred, {k: v[i : i + 1] for k, v in z_goal.items()})
         elites = act[loss.topk(topk, largest=False).indices]
         mean[i], std[i] = elites.mean(0), elites.std(0)
+
+
+def plan_once(wm, z0, zg, cfg: PlannerConfig, device: str):
+    """One plan through the planner interface, one RNG stream per episode (seeds 0..B-1)."""
+    planner = make_planner(cfg, wm)
+    b = z0["visual"].shape[0]
+    result, _ = planner.plan(z0, zg, planner.init_state(b, list(range(b)), device=device))
+    return result
 
 
 def bench_config(name: str, args) -> None:
@@ -126,7 +135,6 @@ def bench_config(name: str, args) -> None:
     for b in args.episodes:
         obs, z0, zg = make_problem(cfg, wm, b, device)
         tflop = b * rollout_tflop_per_plan(wm, z0, a_dim, h, args.num_samples)  # at 30 iterations
-        gens = [torch.Generator(device=device).manual_seed(s) for s in range(b)]
         if args.baseline:
             mean = torch.zeros(b, h, a_dim, device=device)
             std = torch.ones_like(mean)
@@ -163,34 +171,27 @@ def bench_config(name: str, args) -> None:
                 if dtype == "bf16w":
                     model = copy.deepcopy(wm).to(torch.bfloat16)
                     z0_d, zg_d = ({k: v.to(torch.bfloat16) for k, v in z.items()} for z in (z0, zg))
-                kw = dict(
-                    horizon=h,
-                    num_samples=args.num_samples,
-                    topk=args.topk,
-                    amp=amp,
-                    chunk_size=args.chunk_size,
-                    align=align,
-                    compile=dtype == "bf16c",
+
+                cem = CEMConfig(num_samples=args.num_samples, topk=args.topk, chunk_size=args.chunk_size)
+                base_cfg = PlannerConfig(
+                    name="cem", horizon=h, cem=cem, amp=amp, align=align, compile=dtype == "bf16c"
+                )
+                warm_cfg, plan_cfg = (
+                    base_cfg.model_copy(update={"cem": cem.model_copy(update={"opt_steps": n})})
+                    for n in (1, args.opt_steps)
                 )
                 sync(device)
                 t0 = time.perf_counter()
-                cem_plan(model, z0_d, zg_d, opt_steps=1, generator=gens, **kw)  # warm-up (kernels, allocator)
+                plan_once(model, z0_d, zg_d, warm_cfg, device)  # warm-up (kernels, allocator)
                 sync(device)
                 warmup_s = time.perf_counter() - t0
                 reset_peak(device)
                 sync(device)
                 t0 = time.perf_counter()
-                res = cem_plan(
-                    model,
-                    z0_d,
-                    zg_d,
-                    opt_steps=args.opt_steps,
-                    generator=[torch.Generator(device=device).manual_seed(s) for s in range(b)],
-                    **kw,
-                )
+                res = plan_once(model, z0_d, zg_d, plan_cfg, device)
                 sync(device)
                 per_it = (time.perf_counter() - t0) / args.opt_steps
-                fp32_loss = evaluate_plans(wm, z0, zg, res.actions, torch.arange(b, device=device))
+                fp32_loss = PlanProblem(wm, Rollout(wm), z0, zg, h, ObjectiveConfig()).loss(res.actions)
                 emit(
                     bench="cem",
                     impl="batched_fast",
@@ -212,11 +213,12 @@ def bench_config(name: str, args) -> None:
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
         if args.gd_steps:
-            gd_plan(wm, z0, zg, horizon=h, opt_steps=1, generator=gens)
+            plan_once(wm, z0, zg, PlannerConfig(name="gd", horizon=h, gd=GDConfig(opt_steps=1)), device)
             reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
-            gd_plan(wm, z0, zg, horizon=h, opt_steps=args.gd_steps, generator=gens)
+            gd = PlannerConfig(name="gd", horizon=h, gd=GDConfig(opt_steps=args.gd_steps))
+            plan_once(wm, z0, zg, gd, device)
             sync(device)
             per_step = (time.perf_counter() - t0) / args.gd_steps
             emit(

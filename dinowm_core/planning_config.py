@@ -63,6 +63,10 @@ class PlannerConfig(ConfigModel):
         False,
         description="torch.compile the planning rollout's predictor steps (fuses norms; pays off on GPU)",
     )
+    align: bool | None = Field(
+        None,
+        description="plan with a copy of the predictor zero-padded to an aligned width (exact); None = on CUDA",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PlannerConfig:

@@ -1,21 +1,24 @@
-"""Planning with a DINO-WM world model: objective, CEM, GD, MPC (reference section 5)."""
+"""Planning with a DINO-WM world model: one planner interface over CEM and GD, open loop or MPC (reference
+section 5). ``make_planner(cfg.planner, wm).plan(z_obs, z_goal, state) -> (result, state)``."""
 
-from dinowm_core.planning.cem import cem_plan, cem_plan_discrete
-from dinowm_core.planning.common import ActionBounds, PlanResult, evaluate_plans, normalized_zero_action
-from dinowm_core.planning.gd import gd_plan
-from dinowm_core.planning.mpc import MPCPlanner, make_planner
+from dinowm_core.planning.cem import cem, cem_discrete
+from dinowm_core.planning.common import ActionBounds, PlanResult, normalized_zero_action
+from dinowm_core.planning.gd import gd
 from dinowm_core.planning.objectives import objective
-from dinowm_core.planning.rollout import fast_rollout
+from dinowm_core.planning.planner import Planner, PlanState, make_planner
+from dinowm_core.planning.problem import PlanProblem
+from dinowm_core.planning.rollout import Rollout
 
 __all__ = [
     "ActionBounds",
-    "MPCPlanner",
+    "PlanProblem",
     "PlanResult",
-    "cem_plan",
-    "cem_plan_discrete",
-    "evaluate_plans",
-    "fast_rollout",
-    "gd_plan",
+    "PlanState",
+    "Planner",
+    "Rollout",
+    "cem",
+    "cem_discrete",
+    "gd",
     "make_planner",
     "normalized_zero_action",
     "objective",

@@ -8,22 +8,11 @@ the returned loss is the objective of the returned actions.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Literal
-
 import torch
 
-from dinowm_core.planning.common import (
-    ActionBounds,
-    Generators,
-    Obs,
-    PlanResult,
-    batch_size,
-    check_plan_inputs,
-    evaluate_plans,
-    pad_init,
-    randn,
-)
+from dinowm_core.config import GDConfig
+from dinowm_core.planning.common import Generators, PlanResult, pad_init, randn, timed_steps
+from dinowm_core.planning.problem import PlanProblem
 
 
 def _initial_actions(
@@ -37,86 +26,45 @@ def _initial_actions(
     raise ValueError(f"sample_type must be 'randn' or 'zero', got {sample_type!r}")
 
 
-def gd_plan(
-    wm: Any,
-    z_obs0: Obs,
-    z_goal: Obs,
+def gd(
+    problem: PlanProblem,
+    cfg: GDConfig,
     *,
-    horizon: int,
-    opt_steps: int = 1000,
-    lr: float = 1.0,
-    action_noise: float = 0.003,
-    sample_type: Literal["randn", "zero"] = "randn",
-    optimizer: Literal["sgd", "adam"] = "sgd",
-    objective_kw: dict[str, Any] | None = None,
-    bounds: ActionBounds | None = None,
     init: torch.Tensor | None = None,
     generator: Generators = None,
     zero_action: torch.Tensor | None = None,
-    amp: bool = False,
-    kv_cache: bool = True,
-    context_actions: torch.Tensor | None = None,
-    action_dim: int | None = None,
-    compile: bool = False,
 ) -> PlanResult:
-    """Plan (B, H, A) actions by gradient descent from ``init`` (padded with the ``sample_type`` init).
+    """Plan (B, H, A) actions by gradient descent from ``init`` (padded with the ``cfg.sample_type`` init).
 
     ``zero_action`` (A,) is the env's no-op in model space for ``sample_type="zero"`` (default: all zeros,
     i.e. the dataset's mean action).
     """
-    if opt_steps < 1 or lr <= 0 or action_noise < 0:
-        raise ValueError(
-            f"need opt_steps >= 1, lr > 0, action_noise >= 0; got {opt_steps}, {lr}, {action_noise}"
-        )
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    a_dim = check_plan_inputs(
-        wm,
-        z_obs0,
-        z_goal,
-        horizon=horizon,
-        action_dim=action_dim,
-        init=init,
-        bounds=bounds,
-        context_actions=context_actions,
-    )
-    b, device = batch_size(z_obs0, z_goal), z_obs0["visual"].device
-    shape = (b, horizon, a_dim)
-    start = pad_init(
-        init, b, horizon, a_dim, _initial_actions(sample_type, shape, generator, device, zero_action)
-    )
+    problem.check_init(init)
+    b, device = problem.batch_size, problem.device
+    shape = (b, problem.horizon, problem.action_dim)
+    start = pad_init(init, *shape, _initial_actions(cfg.sample_type, shape, generator, device, zero_action))
+    bounds = problem.bounds
     actions = (bounds.clamp(start) if bounds is not None else start).requires_grad_(True)
-    opt = torch.optim.Adam([actions], lr=lr) if optimizer == "adam" else None
-    z_obs0 = {k: v.detach() for k, v in z_obs0.items()}
-    z_goal = {k: v.detach() for k, v in z_goal.items()}
-    episode = torch.arange(b, device=device)
-    run = dict(
-        objective_kw=objective_kw,
-        context_actions=context_actions,
-        amp=amp,
-        kv_cache=kv_cache,
-        compile=compile,
-    )
+    opt = torch.optim.Adam([actions], lr=cfg.lr) if cfg.optimizer == "adam" else None
+    problem = problem.detached()
     losses, step_s = [], []
-    for _ in range(opt_steps):
-        t0 = time.perf_counter()
-        loss = evaluate_plans(wm, z_obs0, z_goal, actions, episode, **run)
+    for _ in timed_steps(cfg.opt_steps, step_s):
+        loss = problem.loss(actions)
         # Sum over episodes (reference: mean * n_evals): each episode's gradient is its own.
         (grad,) = torch.autograd.grad(loss.sum(), actions)
         with torch.no_grad():
             if opt is None:
-                actions -= lr * grad
+                actions -= cfg.lr * grad
             else:
                 actions.grad = grad
                 opt.step()
-            if action_noise > 0:
-                actions += action_noise * randn(shape, generator, device)
+            if cfg.action_noise > 0:
+                actions += cfg.action_noise * randn(shape, generator, device)
             if bounds is not None:
                 actions.copy_(bounds.clamp(actions))
         losses.append(loss.detach())
-        step_s.append(time.perf_counter() - t0)
     actions = actions.detach()
     with torch.no_grad():
-        final = evaluate_plans(wm, z_obs0, z_goal, actions, episode, **run)
-    info = {"loss": torch.stack(losses), "step_s": step_s, "n_rollouts": (opt_steps + 1) * b}
+        final = problem.loss(actions)
+    info = {"loss": torch.stack(losses), "step_s": step_s, "n_rollouts": (cfg.opt_steps + 1) * b}
     return PlanResult(actions=actions, loss=final, info=info)

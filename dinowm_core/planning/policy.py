@@ -26,6 +26,8 @@ from einops import rearrange
 from dinowm_core.data.normalization import Normalizer
 from dinowm_core.data.windows import frames_to_tensor
 from dinowm_core.models.world_model import WorldModel
+from dinowm_core.planning.common import normalized_zero_action
+from dinowm_core.planning.planner import Planner, PlanState, make_planner
 
 log = logging.getLogger(__name__)
 
@@ -120,48 +122,30 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class ModelPolicy:
-    """Plans with a world model. ``planner`` has ``reset(B)`` and ``act(z_obs, z_goal, generator)``
-    -> normalized (B, n, f*d) chunks (an ``MPCPlanner``, or :class:`OpenLoop` around a plan function)."""
+    """Plans with a world model through a :class:`~dinowm_core.planning.planner.Planner`, holding its state
+    between calls; ``closed_loop`` is the planner's (MPC replans, an open-loop plan is executed whole)."""
 
-    def __init__(self, adapter: ModelAdapter, planner: Any, *, closed_loop: bool) -> None:
-        self.adapter, self.planner, self.closed_loop = adapter, planner, closed_loop
-        self.generators: list[torch.Generator] = []
+    def __init__(self, adapter: ModelAdapter, planner: Planner) -> None:
+        self.adapter, self.planner, self.closed_loop = adapter, planner, planner.closed_loop
+        self.state: PlanState | None = None
 
     def reset(self, episode_seeds: list[int], seed: int) -> None:
-        """One generator per episode, seeded by (seed, episode seed): a plan does not depend on which other
-        episodes share the batch (the planners draw per-episode streams from a generator list)."""
-        self.planner.reset(len(episode_seeds))
-        self.generators = [
-            torch.Generator(self.adapter.device).manual_seed(_mix(seed, s)) for s in episode_seeds
-        ]
+        """One RNG stream per episode, seeded by (seed, episode seed): a plan does not depend on which other
+        episodes share the batch."""
+        seeds = [_mix(seed, s) for s in episode_seeds]
+        self.state = self.planner.init_state(len(seeds), seeds, device=self.adapter.device)
 
     def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
-        if len(self.generators) != len(obs["visual"]):
-            raise RuntimeError(
-                f"reset() was given {len(self.generators)} episodes, plan() {len(obs['visual'])}"
-            )
+        if self.state is None or self.state.batch_size != len(obs["visual"]):
+            have = "no" if self.state is None else self.state.batch_size
+            raise RuntimeError(f"reset() was given {have} episodes, plan() {len(obs['visual'])}")
         z_obs, z_goal = self.adapter.encode(obs), self.adapter.encode(goal)
-        chunks = self.planner.act(z_obs, z_goal, generator=self.generators)
-        return self.adapter.to_env_actions(chunks)
+        result, self.state = self.planner.plan(z_obs, z_goal, self.state)
+        return self.adapter.to_env_actions(result.execute)
 
 
 def _mix(seed: int, episode_seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(episode_seed)]).generate_state(1, np.uint64)[0] >> 1)
-
-
-class OpenLoop:
-    """``plan_fn(z_obs0, z_goal, generator=...) -> PlanResult`` behind the MPC interface (the whole plan)."""
-
-    def __init__(self, plan_fn: Any) -> None:
-        self.plan_fn = plan_fn
-
-    def reset(self, batch_size: int) -> None:
-        pass
-
-    def act(
-        self, z_obs: dict[str, torch.Tensor], z_goal: dict[str, torch.Tensor], generator: torch.Generator
-    ):
-        return self.plan_fn(z_obs, z_goal, generator=generator).actions
 
 
 class RandomPolicy:
@@ -193,7 +177,7 @@ def build_policy(
     cfg: Any, *, adapter: ModelAdapter | None, action_box: tuple[np.ndarray, np.ndarray] | None = None
 ) -> Policy:
     """The evaluation's policy: ``eval.policy=random`` (needs ``action_box``) or ``cfg.planner`` via
-    :func:`dinowm_core.planning.mpc.make_planner` (no action bounds, as the reference)."""
+    :func:`dinowm_core.planning.planner.make_planner` (no action bounds, as the reference)."""
     p = cfg.planner
     if cfg.eval.policy == "random":
         if action_box is None:
@@ -202,11 +186,5 @@ def build_policy(
         return RandomPolicy(*action_box, chunk=cfg.frameskip * n_taken)
     if adapter is None:
         raise ValueError(f"planner {p.name} needs a world model")
-    from dinowm_core.planning.common import normalized_zero_action
-    from dinowm_core.planning.mpc import MPCPlanner, make_planner
-
     zero = normalized_zero_action(adapter.normalizer, cfg.env.action_dim, cfg.frameskip).to(adapter.device)
-    planner = make_planner(cfg, adapter.wm, zero_action=zero)
-    if isinstance(planner, MPCPlanner):
-        return ModelPolicy(adapter, planner, closed_loop=True)
-    return ModelPolicy(adapter, OpenLoop(planner), closed_loop=False)
+    return ModelPolicy(adapter, make_planner(p, adapter.wm, zero_action=zero))

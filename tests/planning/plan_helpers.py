@@ -48,3 +48,34 @@ def tiny_obs(cfg, b: int, t: int = 1, seed: int = 0):
 
 def gens(seeds) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def cem_cfg(horizon: int, name: str = "cem", n_taken: int = 1, **fields):
+    """A planner config for CEM (``name`` cem / mpc_cem; MPC executes ``n_taken``) with CEM ``fields``."""
+    from dinowm_core.config import CEMConfig, MPCConfig, PlannerConfig
+
+    mpc = MPCConfig(n_taken_actions=n_taken)
+    return PlannerConfig(name=name, horizon=horizon, cem=CEMConfig(**fields), mpc=mpc)
+
+
+def gd_cfg(horizon: int, name: str = "gd", n_taken: int = 1, **fields):
+    """A planner config for GD (``name`` gd / mpc_gd; MPC executes ``n_taken``) with GD ``fields``."""
+    from dinowm_core.config import GDConfig, MPCConfig, PlannerConfig
+
+    mpc = MPCConfig(n_taken_actions=n_taken)
+    return PlannerConfig(name=name, horizon=horizon, gd=GDConfig(**fields), mpc=mpc)
+
+
+def plan_once(wm, z0, zg, cfg, seeds=None, *, init=None, bounds=None, zero_action=None):
+    """One call of the planner ``cfg`` names: per-episode RNG streams seeded ``seeds``, optional warm start."""
+    from dataclasses import replace
+
+    from dinowm_core.planning import make_planner
+
+    planner = make_planner(cfg, wm, bounds=bounds, zero_action=zero_action)
+    b = z0["visual"].shape[0]
+    state = planner.init_state(b, seeds if seeds is not None else list(range(b)))
+    if init is not None:
+        state = replace(state, warm_start=init)
+    result, _ = planner.plan(z0, zg, state)
+    return result

@@ -3,11 +3,23 @@
 import pytest
 import torch
 
-from dinowm_core.planning import ActionBounds, cem_plan, cem_plan_discrete
+from dinowm_core.config import CEMConfig, ObjectiveConfig
+from dinowm_core.planning import ActionBounds, PlanProblem, Rollout, cem_discrete
 from dinowm_core.planning.rollout import fast_rollout
-from tests.planning.plan_helpers import IntegratorWM, gens, latents, tiny_obs, tiny_wm
+from tests.planning.plan_helpers import IntegratorWM, cem_cfg, gens, latents, plan_once, tiny_obs, tiny_wm
 
 A = 4
+
+
+def CEM(wm, z0, zg, *, horizon, seeds=None, init=None, bounds=None, **cem):
+    """One open-loop CEM plan through the planner interface, one RNG stream per episode seeded ``seeds``."""
+    return plan_once(wm, z0, zg, cem_cfg(horizon, **cem), seeds, init=init, bounds=bounds)
+
+
+def DCEM(wm, z0, zg, *, horizon, action_set, seeds=None, **cem):
+    """Discrete CEM on the planning problem (wm, z0 -> zg)."""
+    prob = PlanProblem(wm, Rollout(wm), z0, zg, horizon, ObjectiveConfig(), action_dim=action_set.shape[1])
+    return cem_discrete(prob, CEMConfig(**cem), action_set, generator=gens(seeds) if seeds else None)
 
 
 def _problem(b=3, seed=0):
@@ -18,7 +30,7 @@ def _problem(b=3, seed=0):
 def test_cem_solves_an_analytic_quadratic():
     wm = IntegratorWM(A)
     z0, zg = _problem()
-    res = cem_plan(wm, z0, zg, horizon=3, num_samples=200, topk=20, opt_steps=15, generator=gens([0, 1, 2]))
+    res = CEM(wm, z0, zg, horizon=3, num_samples=200, topk=20, opt_steps=15, seeds=[0, 1, 2])
     reached = z0["proprio"][:, 0] + res.actions.sum(dim=1)
     torch.testing.assert_close(reached, zg["proprio"][:, 0], atol=0.05, rtol=0)
     assert res.actions.shape == (3, 3, A) and res.loss.shape == (3,)
@@ -36,9 +48,9 @@ def test_batched_cem_equals_separate_single_episode_plans():
     wm = IntegratorWM(A)
     z0, zg = _problem()
     kw = dict(horizon=4, num_samples=50, topk=5, opt_steps=4)
-    batched = cem_plan(wm, z0, zg, generator=gens([10, 11, 12]), **kw)
+    batched = CEM(wm, z0, zg, seeds=[10, 11, 12], **kw)
     for i, seed in enumerate([10, 11, 12]):
-        single = cem_plan(wm, _sub(z0, i), _sub(zg, i), generator=gens([seed]), **kw)
+        single = CEM(wm, _sub(z0, i), _sub(zg, i), seeds=[seed], **kw)
         torch.testing.assert_close(batched.actions[i : i + 1], single.actions, atol=0, rtol=0)
         torch.testing.assert_close(batched.loss[i : i + 1], single.loss, atol=0, rtol=0)
 
@@ -49,9 +61,9 @@ def test_batched_cem_equals_separate_plans_with_a_real_world_model():
         z0 = wm.encode_obs(tiny_obs(wm.cfg, b=2, seed=1))
         zg = wm.encode_obs(tiny_obs(wm.cfg, b=2, seed=2))
     kw = dict(horizon=3, num_samples=24, topk=4, opt_steps=2)
-    batched = cem_plan(wm, z0, zg, generator=gens([5, 6]), **kw)
+    batched = CEM(wm, z0, zg, seeds=[5, 6], **kw)
     for i, seed in enumerate([5, 6]):
-        single = cem_plan(wm, _sub(z0, i), _sub(zg, i), generator=gens([seed]), **kw)
+        single = CEM(wm, _sub(z0, i), _sub(zg, i), seeds=[seed], **kw)
         torch.testing.assert_close(batched.actions[i : i + 1], single.actions, atol=1e-5, rtol=0)
 
 
@@ -59,9 +71,9 @@ def test_same_seed_same_plan_other_seed_other_plan():
     wm = IntegratorWM(A)
     z0, zg = _problem()
     kw = dict(horizon=3, num_samples=40, topk=4, opt_steps=3)
-    p1 = cem_plan(wm, z0, zg, generator=torch.Generator().manual_seed(7), **kw)
-    p2 = cem_plan(wm, z0, zg, generator=torch.Generator().manual_seed(7), **kw)
-    p3 = cem_plan(wm, z0, zg, generator=torch.Generator().manual_seed(8), **kw)
+    p1 = CEM(wm, z0, zg, seeds=[7, 7, 7], **kw)
+    p2 = CEM(wm, z0, zg, seeds=[7, 7, 7], **kw)
+    p3 = CEM(wm, z0, zg, seeds=[8, 8, 8], **kw)
     assert torch.equal(p1.actions, p2.actions)
     assert not torch.equal(p1.actions, p3.actions)
 
@@ -70,8 +82,8 @@ def test_chunking_does_not_change_the_plan():
     wm = IntegratorWM(A)
     z0, zg = _problem()
     kw = dict(horizon=3, num_samples=40, topk=4, opt_steps=3)
-    whole = cem_plan(wm, z0, zg, generator=gens([1, 2, 3]), **kw)
-    chunked = cem_plan(wm, z0, zg, generator=gens([1, 2, 3]), chunk_size=7, **kw)
+    whole = CEM(wm, z0, zg, seeds=[1, 2, 3], **kw)
+    chunked = CEM(wm, z0, zg, seeds=[1, 2, 3], chunk_size=7, **kw)
     assert torch.equal(whole.actions, chunked.actions)
 
 
@@ -79,12 +91,10 @@ def test_bounds_are_respected_and_bind_when_the_goal_is_out_of_reach():
     wm = IntegratorWM(A)
     z0, zg = latents(torch.zeros(2, A)), latents(torch.full((2, A), 10.0))
     bounds = ActionBounds(torch.full((A,), -0.5), torch.full((A,), 0.5))
-    res = cem_plan(
-        wm, z0, zg, horizon=3, num_samples=64, topk=8, opt_steps=6, bounds=bounds, generator=gens([0, 1])
-    )
+    res = CEM(wm, z0, zg, horizon=3, num_samples=64, topk=8, opt_steps=6, bounds=bounds, seeds=[0, 1])
     assert res.actions.min() >= -0.5 and res.actions.max() <= 0.5
     assert res.actions.mean() > 0.45  # pushes against the upper bound
-    free = cem_plan(wm, z0, zg, horizon=3, num_samples=64, topk=8, opt_steps=6, generator=gens([0, 1]))
+    free = CEM(wm, z0, zg, horizon=3, num_samples=64, topk=8, opt_steps=6, seeds=[0, 1])
     assert free.actions.max() > 0.5  # the reference behaviour (no bounds) stays available
 
 
@@ -92,7 +102,7 @@ def test_warm_start_sets_the_initial_mean():
     wm = IntegratorWM(A)
     z0, zg = _problem(b=1)
     init = (zg["proprio"][:, 0] - z0["proprio"][:, 0])[:, None]  # the exact solution in one step, then zeros
-    res = cem_plan(wm, z0, zg, horizon=2, num_samples=10, topk=2, opt_steps=1, init=init, var_scale=5.0)
+    res = CEM(wm, z0, zg, horizon=2, num_samples=10, topk=2, opt_steps=1, init=init, var_scale=5.0)
     assert res.info["best_loss"][0, 0] == pytest.approx(0.0, abs=1e-10)  # sample 0 = mean = warm start
 
 
@@ -100,15 +110,15 @@ def test_bad_inputs_raise_clear_errors():
     wm = IntegratorWM(A)
     z0, zg = _problem()
     with pytest.raises(ValueError, match="horizon"):
-        cem_plan(wm, z0, zg, horizon=0)
+        CEM(wm, z0, zg, horizon=0)
     with pytest.raises(ValueError, match="topk"):
-        cem_plan(wm, z0, zg, horizon=2, num_samples=10, topk=11)
+        CEM(wm, z0, zg, horizon=2, num_samples=10, topk=11)
     with pytest.raises(ValueError, match="expects 4"):
-        cem_plan(wm, z0, zg, horizon=2, init=torch.zeros(3, 2, A + 1))
+        CEM(wm, z0, zg, horizon=2, init=torch.zeros(3, 2, A + 1))
     with pytest.raises(ValueError, match="expects 4"):
-        cem_plan(wm, z0, zg, horizon=2, bounds=ActionBounds(torch.zeros(3), torch.ones(3)))
-    with pytest.raises(ValueError, match="generators"):
-        cem_plan(wm, z0, zg, horizon=2, generator=gens([0, 1]))
+        CEM(wm, z0, zg, horizon=2, bounds=ActionBounds(torch.zeros(3), torch.ones(3)))
+    with pytest.raises(ValueError, match="seeds for 3 episodes"):
+        CEM(wm, z0, zg, horizon=2, seeds=[0, 1])
     with pytest.raises(ValueError, match="low must be <= high"):
         ActionBounds(torch.ones(A), torch.zeros(A))
 
@@ -121,8 +131,8 @@ def test_real_world_model_cem_finds_the_actions_of_a_known_rollout():
         true_act = torch.randn(1, 2, wm.cfg.action_dim, generator=g)
         goal, _ = fast_rollout(wm, z0, true_act)
     z_goal = {k: v[:, -1:] for k, v in goal.items()}
-    res = cem_plan(wm, z0, z_goal, horizon=2, num_samples=64, topk=8, opt_steps=6, generator=gens([0]))
-    start = cem_plan(wm, z0, z_goal, horizon=2, num_samples=2, topk=2, opt_steps=1, var_scale=1e-6).loss
+    res = CEM(wm, z0, z_goal, horizon=2, num_samples=64, topk=8, opt_steps=6, seeds=[0])
+    start = CEM(wm, z0, z_goal, horizon=2, num_samples=2, topk=2, opt_steps=1, var_scale=1e-6).loss
     assert res.loss.item() < 0.5 * start.item()  # from the zero-action plan's loss
 
 
@@ -131,7 +141,7 @@ def test_discrete_cem_picks_the_best_action_sequence():
     action_set = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     z0 = latents(torch.zeros(2, 2))
     zg = latents(torch.tensor([[2.0, -1.0], [-1.0, 1.0]]))
-    res = cem_plan_discrete(
+    res = DCEM(
         wm,
         z0,
         zg,
@@ -140,13 +150,13 @@ def test_discrete_cem_picks_the_best_action_sequence():
         num_samples=60,
         topk=6,
         opt_steps=5,
-        generator=gens([0, 1]),
+        seeds=[0, 1],
     )
     reached = res.actions.sum(dim=1)
     torch.testing.assert_close(reached, zg["proprio"][:, 0])
     assert res.loss.abs().max() == 0
     assert set(res.info["indices"].flatten().tolist()) <= set(range(5))
-    single = cem_plan_discrete(
+    single = DCEM(
         wm,
         _sub(z0, 1),
         _sub(zg, 1),
@@ -155,8 +165,8 @@ def test_discrete_cem_picks_the_best_action_sequence():
         num_samples=60,
         topk=6,
         opt_steps=5,
-        generator=gens([1]),
+        seeds=[1],
     )
     assert torch.equal(single.info["indices"], res.info["indices"][1:])
     with pytest.raises(ValueError, match="expects 2"):
-        cem_plan_discrete(wm, z0, zg, horizon=3, action_set=torch.zeros(4, 3))
+        DCEM(wm, z0, zg, horizon=3, action_set=torch.zeros(4, 3))

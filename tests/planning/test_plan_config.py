@@ -27,15 +27,15 @@ def test_n_taken_actions_above_horizon_is_a_config_error():
     with pytest.raises(ConfigError, match=r"planner\.mpc\.n_taken_actions \(5\).*planner\.horizon \(3\)"):
         load_config([*TINY, "planner=mpc_cem", "planner.horizon=3"])
     cfg = load_config([*TINY, "planner=mpc_cem", "planner.horizon=3", "planner.mpc.n_taken_actions=3"])
-    assert make_planner(cfg, IntegratorWM(3)).n_taken_actions == 3
+    assert make_planner(cfg.planner, IntegratorWM(3)).n_execute == 3
     # open-loop planners never execute in chunks: the MPC section's default does not constrain them
     assert load_config([*TINY, "planner=cem", "planner.horizon=3"]).planner.horizon == 3
 
 
-def test_make_planner_does_not_clamp_n_taken_to_an_overriding_horizon():
-    cfg = load_config([*TINY, "planner=mpc_cem"])  # n_taken_actions 5
+def test_a_shorter_horizon_is_checked_against_n_taken_not_clamped():
+    planner = load_config([*TINY, "planner=mpc_cem"]).planner  # n_taken_actions 5
     with pytest.raises(ValueError, match="n_taken_actions"):
-        make_planner(cfg, IntegratorWM(3), horizon=3)
+        make_planner(planner.model_copy(update={"horizon": 3}), IntegratorWM(3))
 
 
 def _write_ckpt_config(tmp_path, max_iter):

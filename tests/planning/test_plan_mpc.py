@@ -1,56 +1,80 @@
-"""MPC warm starts and the planner factory."""
+"""The one planner interface: MPC warm starts, open vs closed loop by config, the plan state as a value."""
+
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dinowm_core import load_config
 from dinowm_core.data.normalization import Normalizer
-from dinowm_core.planning import ActionBounds, MPCPlanner, PlanResult, make_planner, normalized_zero_action
+from dinowm_core.planning import ActionBounds, PlanResult, PlanState, make_planner, normalized_zero_action
+from dinowm_core.planning import planner as planner_mod
 from tests.conftest import TINY
-from tests.planning.plan_helpers import IntegratorWM, gens, latents
+from tests.planning.plan_helpers import IntegratorWM, cem_cfg, gd_cfg, latents, tiny_obs, tiny_wm
 
 
-class RecordingPlanner:
-    def __init__(self, horizon, a_dim=2):
-        self.horizon, self.a_dim, self.inits, self.count = horizon, a_dim, [], 0
+class RecordingOptimizer:
+    """Stands in for CEM: records each call's warm start and returns plans 100*call + step index."""
 
-    def __call__(self, z_obs0, z_goal, *, init=None, generator=None):
-        self.inits.append(init)
+    def __init__(self):
+        self.inits, self.count = [], 0
+
+    def __call__(self, problem, cfg, *, init=None, generator=None):
+        self.inits.append(None if init is None else init.clone())
         self.count += 1
-        b = z_obs0["visual"].shape[0]
-        acts = self.count * 100 + torch.arange(self.horizon, dtype=torch.float32)[None, :, None].expand(
-            b, -1, self.a_dim
-        )
+        b, h, a = problem.batch_size, problem.horizon, problem.action_dim
+        acts = self.count * 100 + torch.arange(h, dtype=torch.float32)[None, :, None].expand(b, -1, a)
         return PlanResult(actions=acts.clone(), loss=torch.zeros(b))
 
 
-def test_mpc_returns_the_first_chunks_and_warm_starts_from_the_untaken_tail():
-    plan = RecordingPlanner(horizon=5)
-    mpc = MPCPlanner(plan, horizon=5, n_taken_actions=2)
-    mpc.reset(3)
+@pytest.fixture
+def recording(monkeypatch):
+    rec = RecordingOptimizer()
+    monkeypatch.setattr(planner_mod, "cem", rec)
+    return rec
+
+
+def _mpc(horizon, n_taken, a_dim=2):
+    return make_planner(cem_cfg(horizon, name="mpc_cem", n_taken=n_taken), IntegratorWM(a_dim))
+
+
+def test_mpc_executes_the_first_chunks_and_warm_starts_from_the_untaken_tail(recording):
+    planner = _mpc(horizon=5, n_taken=2)
+    assert planner.closed_loop and planner.n_execute == 2
     z = latents(torch.zeros(3, 2))
-    first = mpc.act(z, z)
-    assert first.shape == (3, 2, 2) and torch.equal(first[0, :, 0], torch.tensor([100.0, 101.0]))
-    assert plan.inits[0] is None
-    second = mpc.act(z, z)
-    assert torch.equal(plan.inits[1][0, :, 0], torch.tensor([102.0, 103.0, 104.0]))  # untaken tail
-    assert torch.equal(second[0, :, 0], torch.tensor([200.0, 201.0]))
-    mpc.reset(3)
-    mpc.act(z, z)
-    assert plan.inits[2] is None  # reset forgets warm starts
-    with pytest.raises(ValueError, match="batch of 2"):
-        mpc.act(latents(torch.zeros(2, 2)), z)
+    first, state = planner.plan(z, z, planner.init_state(3, [0, 1, 2]))
+    assert first.execute.shape == (3, 2, 2) and torch.equal(
+        first.execute[0, :, 0], torch.tensor([100.0, 101.0])
+    )
+    assert first.actions.shape == (3, 5, 2)  # the whole plan stays visible
+    assert recording.inits[0] is None
+    second, state = planner.plan(z, z, state)
+    assert torch.equal(recording.inits[1][0, :, 0], torch.tensor([102.0, 103.0, 104.0]))  # untaken tail
+    assert torch.equal(second.execute[0, :, 0], torch.tensor([200.0, 201.0]))
+    assert state.step == 2
+    planner.plan(z, z, planner.init_state(3, [0, 1, 2]))
+    assert recording.inits[2] is None  # a fresh state forgets warm starts
+    with pytest.raises(ValueError, match="holds 3 episodes but got a batch of 2"):
+        planner.plan(latents(torch.zeros(2, 2)), z, state)
 
 
-def test_mpc_with_n_taken_equal_to_horizon_has_no_warm_start():
-    plan = RecordingPlanner(horizon=3)
-    mpc = MPCPlanner(plan, horizon=3, n_taken_actions=3)
+def test_mpc_with_n_taken_equal_to_horizon_has_no_warm_start(recording):
+    planner = _mpc(horizon=3, n_taken=3)
     z = latents(torch.zeros(1, 2))
-    mpc.act(z, z)
-    mpc.act(z, z)
-    assert plan.inits == [None, None]
+    _, state = planner.plan(z, z)
+    _, state = planner.plan(z, z, state)
+    assert recording.inits == [None, None] and state.warm_start is None
     with pytest.raises(ValueError, match="n_taken_actions"):
-        MPCPlanner(plan, horizon=3, n_taken_actions=4)
+        _mpc(horizon=3, n_taken=4)
+
+
+def test_open_and_closed_loop_differ_by_config_alone(recording):
+    z = latents(torch.zeros(2, 2))
+    open_loop = make_planner(cem_cfg(4), IntegratorWM(2))
+    result, state = open_loop.plan(z, z)
+    assert not open_loop.closed_loop and torch.equal(result.execute, result.actions)
+    assert state.warm_start is None
+    assert type(open_loop) is type(_mpc(horizon=4, n_taken=1))
 
 
 def test_mpc_cem_closed_loop_reaches_the_goal_and_pads_the_warm_start():
@@ -65,45 +89,77 @@ def test_mpc_cem_closed_loop_reaches_the_goal_and_pads_the_warm_start():
             "planner.cem.opt_steps=6",
         ]
     )
-    wm = IntegratorWM(3)
-    mpc = make_planner(cfg, wm)
-    assert isinstance(mpc, MPCPlanner) and mpc.n_taken_actions == 2
+    planner = make_planner(cfg.planner, IntegratorWM(3))
+    assert planner.closed_loop and planner.n_execute == 2
     s, goal = torch.zeros(2, 3), torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
-    mpc.reset(2)
-    dist = [(goal - s).norm(dim=1)]
+    state = planner.init_state(2, [0, 1])
+    start_loss = ((goal - s) ** 2).mean(dim=1) * 2  # the objective of doing nothing
     for _ in range(3):
-        chunk = mpc.act(latents(s), latents(goal), generator=gens([0, 1]))
-        assert chunk.shape == (2, 2, 3)
-        s = s + chunk.sum(dim=1)  # the "env" executes the chunks
-        dist.append((goal - s).norm(dim=1))
-    assert (dist[-1] < 0.5 * dist[0]).all()
+        result, state = planner.plan(latents(s), latents(goal), state)
+        assert result.execute.shape == (2, 2, 3)
+        assert (
+            result.loss < 0.01 * start_loss
+        ).all()  # every replan, from where the env is, reaches the goal
+        s = s + result.execute.sum(dim=1)  # the "env" executes the chunks
     # the last plan (warm-started, zero padded to H) still reaches the goal with its untaken tail
-    plan = mpc.last_result.actions
-    assert plan.shape == (2, 4, 3)
-    torch.testing.assert_close(s + plan[:, 2:].sum(dim=1), goal, atol=0.1, rtol=0)
+    assert result.actions.shape == (2, 4, 3)
+    torch.testing.assert_close(s + result.actions[:, 2:].sum(dim=1), goal, atol=0.15, rtol=0)
 
 
 def test_make_planner_builds_each_kind_from_config():
     wm = IntegratorWM(3)
-    for name in ("cem", "gd"):
-        fn = make_planner(
-            load_config(
-                [
-                    *TINY,
-                    f"planner={name}",
-                    "planner.horizon=2",
-                    "planner.gd.opt_steps=3",
-                    "planner.cem.opt_steps=2",
-                    "planner.cem.num_samples=8",
-                    "planner.cem.topk=2",
-                ]
-            ),
-            wm,
+    for name in ("cem", "gd", "mpc_cem", "mpc_gd"):
+        cfg = load_config(
+            [
+                *TINY,
+                f"planner={name}",
+                "planner.horizon=2",
+                "planner.mpc.n_taken_actions=1",
+                "planner.gd.opt_steps=3",
+                "planner.cem.opt_steps=2",
+                "planner.cem.num_samples=8",
+                "planner.cem.topk=2",
+            ]
         )
-        res = fn(latents(torch.zeros(1, 3)), latents(torch.ones(1, 3)), generator=gens([0]))
-        assert res.actions.shape == (1, 2, 3)
-    mpc = make_planner(load_config([*TINY, "planner=mpc_gd"]).planner, wm, horizon=3)
-    assert isinstance(mpc, MPCPlanner) and mpc.horizon == 3 and mpc.n_taken_actions == 1
+        planner = make_planner(cfg.planner, wm)
+        result, _ = planner.plan(latents(torch.zeros(1, 3)), latents(torch.ones(1, 3)))
+        assert result.actions.shape == (1, 2, 3)
+        assert result.execute.shape == (1, 1 if name.startswith("mpc_") else 2, 3)
+
+
+def test_plan_state_round_trips_through_bytes_and_refuses_garbage():
+    planner = make_planner(gd_cfg(3, name="mpc_gd", opt_steps=2), IntegratorWM(2))
+    z = latents(torch.zeros(2, 2))
+    _, state = planner.plan(z, latents(torch.ones(2, 2)), planner.init_state(2, [5, 6]))
+    again = PlanState.from_bytes(state.to_bytes())
+    assert torch.equal(again.rng, state.rng) and torch.equal(again.warm_start, state.warm_start)
+    assert again.step == state.step == 1 and again.past_actions is None
+    # the same next plan from the original and from the restored state
+    a, _ = planner.plan(z, z, state)
+    b, _ = planner.plan(z, z, again)
+    assert torch.equal(a.actions, b.actions)
+    for bad in (b"", b"\x00" * 16, b"not a state at all"):
+        with pytest.raises(ValueError, match="plan state"):
+            PlanState.from_bytes(bad)
+    with pytest.raises(ValueError, match="warm_start must be"):
+        replace(state, warm_start=torch.zeros(3, 2, 2))
+
+
+def test_context_frames_take_their_actions_from_the_state():
+    """A planner fed the last n frames uses the executed actions between them, kept in the state."""
+    wm = tiny_wm()  # num_hist 3: the state keeps the last 2 executed model actions
+    planner = make_planner(cem_cfg(2, name="mpc_cem", num_samples=8, topk=2, opt_steps=1), wm)
+    with torch.no_grad():
+        z = wm.encode_obs(tiny_obs(wm.cfg, b=2, t=3))
+    state = planner.init_state(2, [0, 1])
+    with pytest.raises(ValueError, match="3 context frames need the 2 actions"):
+        planner.plan(z, z, state)
+    one = {k: v[:, :1] for k, v in z.items()}
+    r1, state = planner.plan(one, one, state)
+    r2, state = planner.plan(one, one, state)
+    assert torch.equal(state.past_actions, torch.cat([r1.execute, r2.execute], dim=1))
+    result, _ = planner.plan(z, {k: v[:, -1:] for k, v in z.items()}, state)  # 3 frames, 2 past actions
+    assert result.actions.shape == (2, 2, wm.cfg.action_dim)
 
 
 def test_action_bounds_and_zero_action_from_env_units():

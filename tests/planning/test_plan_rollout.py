@@ -180,7 +180,7 @@ def test_planner_compile_flag_reaches_the_rollout(monkeypatch, name):
                 "planner.gd.opt_steps=1",
             ]
         )
-        make_planner(cfg, wm).act(z0, goal)
+        make_planner(cfg.planner, wm).plan(z0, goal)
         assert bool(calls) == (flag == "true")
 
 

@@ -1,0 +1,252 @@
+"""The one planner interface: ``make_planner(cfg, wm).plan(z_obs, z_goal, state) -> (result, state)``.
+
+CEM and GD are optimizers of one :class:`~dinowm_core.planning.problem.PlanProblem`; a :class:`Planner` wraps
+either, open loop or receding horizon (MPC, reference section 5.6) depending on the config alone
+(``planner.name``: ``cem``, ``gd``, ``mpc_cem``, ``mpc_gd``). An MPC plan executes its first
+``n_taken_actions`` steps and keeps the untaken tail as the next plan's warm start (padded up to H by the
+optimizer); an open-loop plan is executed whole.
+
+Everything that must survive between calls is in :class:`PlanState`, a plain value the caller holds (the
+evaluation loop, a Ray actor, an HTTP session): the warm start, the executed actions that the next call's
+context frames need, each episode's RNG position and, for memory predictors, their memory. It serializes to
+bytes (safetensors: tensors and string metadata, no pickle) and back, so a service can hand it to a client.
+
+Deliberate deviations: the reference's plan.py forces ``n_taken_actions = horizon`` (which removes warm starts,
+bug 12) and loops until the simulator reports success (``max_iter: null``); here ``n_taken_actions`` is honoured
+(at most the horizon: a config error otherwise) and the episode length is the evaluator's fixed env-step budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from dinowm_core.config import PlannerConfig
+from dinowm_core.planning.cem import cem
+from dinowm_core.planning.common import ActionBounds, Obs, PlanResult
+from dinowm_core.planning.gd import gd
+from dinowm_core.planning.problem import PlanProblem
+from dinowm_core.planning.rollout import Rollout
+
+STATE_FORMAT = "dinowm-plan-state/1"
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """What a planner carries between calls for B episodes. A value: :meth:`Planner.plan` returns a new one.
+
+    rng (B, L) uint8: each episode's generator state (CPU tensor; ``rng_device`` is where the generator runs);
+    warm_start (B, H - n_taken, A) or None; past_actions (B, k, A) or None: the last executed model actions,
+    k <= num_hist - 1, the context actions of the next call's earlier frames; step: plan calls so far;
+    memory: a memory predictor's per-episode tensors (empty for the ViT predictor).
+    """
+
+    rng: torch.Tensor
+    rng_device: str = "cpu"
+    warm_start: torch.Tensor | None = None
+    past_actions: torch.Tensor | None = None
+    step: int = 0
+    memory: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rng.dtype != torch.uint8 or self.rng.ndim != 2:
+            raise ValueError(
+                f"plan state: rng must be (B, L) uint8, got {tuple(self.rng.shape)} {self.rng.dtype}"
+            )
+        b = self.rng.shape[0]
+        for name in ("warm_start", "past_actions"):
+            t = getattr(self, name)
+            if t is not None and (t.ndim != 3 or t.shape[0] != b):
+                raise ValueError(f"plan state: {name} must be ({b}, n, A), got {tuple(t.shape)}")
+        if self.step < 0:
+            raise ValueError(f"plan state: step must be >= 0, got {self.step}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.rng.shape[0]
+
+    def generators(self) -> list[torch.Generator]:
+        """One generator per episode, at the state's RNG position."""
+        gens = []
+        for s in self.rng:
+            g = torch.Generator(self.rng_device)
+            g.set_state(s.clone())
+            gens.append(g)
+        return gens
+
+    def context_actions(self, n_frames: int) -> torch.Tensor | None:
+        """The executed actions between ``n_frames`` context frames (B, n_frames - 1, A), or None for one frame."""
+        if n_frames <= 1:
+            return None
+        have = 0 if self.past_actions is None else self.past_actions.shape[1]
+        if have < n_frames - 1:
+            raise ValueError(
+                f"{n_frames} context frames need the {n_frames - 1} actions executed between them; the plan "
+                f"state holds {have} (pass fewer frames, or a state with past_actions)"
+            )
+        return self.past_actions[:, have - (n_frames - 1) :]  # type: ignore[index]
+
+    def to_bytes(self) -> bytes:
+        """safetensors bytes: tensors + string metadata (never a pickle)."""
+        tensors = {"rng": self.rng.contiguous()}
+        for name in ("warm_start", "past_actions"):
+            t = getattr(self, name)
+            if t is not None:
+                tensors[name] = t.detach().float().cpu().contiguous()
+        for name, t in self.memory.items():
+            tensors[f"memory/{name}"] = t.detach().cpu().contiguous()
+        meta = {"format": STATE_FORMAT, "rng_device": self.rng_device, "step": str(self.step)}
+        return st_save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PlanState:
+        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on anything else."""
+        try:
+            tensors = st_load(data)
+            meta = _metadata(data)
+        except Exception as e:  # safetensors raises its own error types on malformed input
+            raise ValueError(f"plan state: not a valid state ({type(e).__name__}: {e})") from None
+        if meta.get("format") != STATE_FORMAT or "rng" not in tensors:
+            raise ValueError(f"plan state: expected format {STATE_FORMAT!r}, got {meta.get('format')!r}")
+        try:
+            step = int(meta.get("step", "0"))
+        except ValueError:
+            raise ValueError(f"plan state: bad step {meta.get('step')!r}") from None
+        memory = {k.removeprefix("memory/"): v for k, v in tensors.items() if k.startswith("memory/")}
+        return cls(
+            rng=tensors["rng"], rng_device=meta.get("rng_device", "cpu"), warm_start=tensors.get("warm_start"),
+            past_actions=tensors.get("past_actions"), step=step, memory=memory,
+        )  # fmt: skip
+
+    def to(self, device: torch.device | str) -> PlanState:
+        """The same state with its action tensors on ``device`` (the RNG states stay on the CPU)."""
+        move = {
+            n: getattr(self, n).to(device)
+            for n in ("warm_start", "past_actions")
+            if getattr(self, n) is not None
+        }
+        return replace(self, **move, memory={k: v.to(device) for k, v in self.memory.items()})
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors buffer (8-byte little-endian header length, then JSON)."""
+    import json
+
+    n = int.from_bytes(data[:8], "little")
+    return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
+
+
+class Planner:
+    """CEM or GD, open loop or MPC, behind ``plan(z_obs, z_goal, state) -> (PlanResult, PlanState)``.
+
+    Built by :func:`make_planner`. ``closed_loop`` says whether a plan is meant to be followed by another (MPC)
+    or executed whole; ``n_execute`` is how many model steps of each plan the caller runs (``result.execute``).
+    """
+
+    def __init__(
+        self,
+        cfg: PlannerConfig,
+        wm: object,
+        *,
+        bounds: ActionBounds | None = None,
+        zero_action: torch.Tensor | None = None,
+        action_dim: int | None = None,
+    ) -> None:
+        self.cfg, self.wm, self.bounds, self.zero_action, self.action_dim = (
+            cfg,
+            wm,
+            bounds,
+            zero_action,
+            action_dim,
+        )
+        self.kind = cfg.name.removeprefix("mpc_")
+        if self.kind not in ("cem", "gd"):
+            raise ValueError(f"unknown planner {cfg.name!r}")
+        self.closed_loop = cfg.name.startswith("mpc_")
+        self.n_execute = cfg.mpc.n_taken_actions if self.closed_loop else cfg.horizon
+        if not 1 <= self.n_execute <= cfg.horizon:
+            raise ValueError(f"n_taken_actions must be in [1, horizon={cfg.horizon}], got {self.n_execute}")
+        # The context the next call may need: the actions between up to num_hist frames.
+        self.num_past = max(0, int(getattr(wm, "num_hist", 1)) - 1)
+        self.rollout = Rollout(wm, kv_cache=cfg.kv_cache, amp=cfg.amp, align=cfg.align, compile=cfg.compile)
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.horizon
+
+    def init_state(
+        self,
+        batch_size: int,
+        seeds: Sequence[int] | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        past_actions: torch.Tensor | None = None,
+    ) -> PlanState:
+        """A fresh state for ``batch_size`` episodes: episode b draws from a generator seeded ``seeds[b]``
+        (default: seeds drawn from torch's global RNG), on ``device``; ``past_actions`` (B, k, A) seeds the
+        context of a first call with several frames."""
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
+        if len(seeds) != batch_size:
+            raise ValueError(f"got {len(seeds)} seeds for {batch_size} episodes")
+        dev = torch.device(device)
+        rng = torch.stack([torch.Generator(dev).manual_seed(int(s)).get_state() for s in seeds])
+        return PlanState(rng=rng, rng_device=str(dev), past_actions=past_actions)
+
+    def plan(self, z_obs: Obs, z_goal: Obs, state: PlanState | None = None) -> tuple[PlanResult, PlanState]:
+        """z_obs (B, n, ...) current (and earlier) latents, z_goal (B|1, 1, ...) -> (result with ``execute``
+        (B, n_execute, A), the next state). ``state`` None: a fresh state (global-RNG seeds)."""
+        b = z_obs["visual"].shape[0]
+        if state is None:
+            state = self.init_state(b, device=z_obs["visual"].device)
+        if state.batch_size != b:
+            raise ValueError(f"the plan state holds {state.batch_size} episodes but got a batch of {b}")
+        problem = PlanProblem(
+            self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
+            context_actions=state.context_actions(z_obs["visual"].shape[1]), bounds=self.bounds,
+            chunk_size=self.cfg.cem.chunk_size if self.kind == "cem" else None, action_dim=self.action_dim,
+        )  # fmt: skip
+        gens = state.generators()
+        if self.kind == "cem":
+            result = cem(problem, self.cfg.cem, init=state.warm_start, generator=gens)
+        else:
+            result = gd(
+                problem, self.cfg.gd, init=state.warm_start, generator=gens, zero_action=self.zero_action
+            )
+        if result.actions.shape[1] != self.cfg.horizon:
+            raise ValueError(
+                f"the optimizer returned {result.actions.shape[1]} steps, expected {self.cfg.horizon}"
+            )
+        result.execute = result.actions[:, : self.n_execute]
+        tail = result.actions[:, self.n_execute :]
+        return result, PlanState(
+            rng=torch.stack([g.get_state() for g in gens]), rng_device=state.rng_device,
+            warm_start=tail.detach().clone() if self.closed_loop and tail.shape[1] > 0 else None,
+            past_actions=self._past(state.past_actions, result.execute), step=state.step + 1, memory=state.memory,
+        )  # fmt: skip
+
+    def _past(self, past: torch.Tensor | None, executed: torch.Tensor) -> torch.Tensor | None:
+        if self.num_past == 0:
+            return None
+        both = executed.detach() if past is None else torch.cat([past.to(executed), executed.detach()], dim=1)
+        return both[:, -self.num_past :].clone()
+
+
+def make_planner(
+    cfg: PlannerConfig,
+    wm: object,
+    *,
+    bounds: ActionBounds | None = None,
+    zero_action: torch.Tensor | None = None,
+    action_dim: int | None = None,
+) -> Planner:
+    """The planner that ``cfg`` (``planner.*``) names, for world model ``wm``.
+
+    ``bounds``: optional box in model action space (the reference has none); ``zero_action`` (A,): the env's
+    no-op in model space for GD's ``sample_type=zero``; ``action_dim``: only for models without an action encoder.
+    """
+    return Planner(cfg, wm, bounds=bounds, zero_action=zero_action, action_dim=action_dim)
