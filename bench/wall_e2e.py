@@ -20,7 +20,7 @@ import torch
 
 from dinowm_core import load_config, load_world_model
 from dinowm_core.data.generate import generate
-from dinowm_core.planning.evaluation import evaluate
+from dinowm_core.evaluation.loop import evaluate
 from dinowm_core.training.hooks import TrainHooks
 from dinowm_core.training.loop import fit
 

@@ -118,7 +118,7 @@ def plan_cmd(
     from pathlib import Path
 
     from dinowm_core.config import ConfigError
-    from dinowm_core.planning.evaluation import check_model_env, evaluate
+    from dinowm_core.evaluation.loop import check_model_env, evaluate
     from dinowm_core.planning.plan_config import plan_config
     from dinowm_core.training.checkpoint import CheckpointError, load_config_from_checkpoint, load_world_model
 

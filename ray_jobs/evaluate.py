@@ -1,6 +1,6 @@
 """Planning evaluation on Ray: episodes in environment actors, one batched planner (reference section 5).
 
-Glue around :func:`dinowm_core.planning.evaluation.run_evaluation`:
+Glue around :func:`dinowm_core.evaluation.loop.run_evaluation`:
 
 * **env actors**: ``EpisodeGroup`` (Ray-free) wrapped with ``ray.remote``; each owns its envs (one per
   episode slot) and runs ``reset / observe / step / results``. Every planning step the driver gathers the
@@ -24,9 +24,9 @@ from typing import Any
 import ray
 
 from dinowm_core.config import Config
-from dinowm_core.planning.episode import EpisodeGroup
-from dinowm_core.planning.eval_report import EvalResult
-from dinowm_core.planning.evaluation import Episodes, run_evaluation
+from dinowm_core.evaluation.episodes import EpisodeGroup
+from dinowm_core.evaluation.loop import Episodes, run_evaluation
+from dinowm_core.evaluation.report import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class PlannerActor:
     def __init__(self, ckpt: str, cfg_json: str, action_box: tuple[Any, Any], num_threads: int = 1) -> None:
         import torch
 
-        from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
+        from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
+        from dinowm_core.evaluation.policy import build_policy
         from dinowm_core.training.checkpoint import load_world_model
 
         torch.set_num_threads(num_threads)  # small machines: one intra-op thread per actor
@@ -65,7 +66,7 @@ class PlannerActor:
 
 
 class RemotePolicy:
-    """Driver-side proxy: the :class:`~dinowm_core.planning.policy.Policy` protocol over a planner actor."""
+    """Driver-side proxy: the :class:`~dinowm_core.evaluation.policy.Policy` protocol over a planner actor."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -176,7 +177,8 @@ def evaluate_on_ray(
     ``actor`` (a :class:`PlannerActor` loads ``ckpt``; ``planner_resources`` e.g. ``{"num_gpus": 1}``,
     default one CPU). The planner actor's resources are reserved before the env actors are sized."""
     from dinowm_core.envs.base import make_env
-    from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
+    from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
+    from dinowm_core.evaluation.policy import build_policy
 
     e = cfg.eval
     if planner not in ("local", "actor"):

@@ -133,7 +133,7 @@ TIMING = {"plan_seconds", "plan_s_per_step"}
 def test_a_checkpoint_written_before_the_change_evaluates_the_same(tmp_path):
     """The v1 checkpoint, evaluated in-process on Wall, gives the same per-episode metrics as then."""
     from dinowm_core.data.generate import generate
-    from dinowm_core.planning.evaluation import evaluate
+    from dinowm_core.evaluation.loop import evaluate
     from dinowm_core.planning.plan_config import plan_config
     from dinowm_core.training.checkpoint import load_config_from_checkpoint
 

@@ -12,7 +12,7 @@ from dinowm_core import load_config
 from dinowm_core.config import ConfigError
 from dinowm_core.planning.plan_config import plan_config, preset_overrides
 from ray_jobs.cli import app
-from tests.planning.eval_helpers import EVAL_TINY, make_wall_dataset, tiny_cfg, tiny_checkpoint, tiny_wm
+from tests.evaluation.eval_helpers import EVAL_TINY, make_wall_dataset, tiny_cfg, tiny_checkpoint, tiny_wm
 
 # What the reference's plan_<env>.yaml files set: (goal_source, alpha, CEM opt_steps).
 REFERENCE = {
@@ -87,14 +87,14 @@ def test_open_loop_goal_H_mismatch_is_a_config_error(planner):
 
 def test_open_loop_plan_reaches_a_dset_goal_H_steps_ahead(tmp_path):
     """An open-loop CEM with horizon 2 gets dset goals 2 model steps (10 env steps) ahead, and executes them."""
-    from dinowm_core.planning.evaluation import evaluate, targets_for_seed
+    from dinowm_core.evaluation.loop import evaluate, targets_for_seed
 
     data = make_wall_dataset(tmp_path)
     cfg = tiny_cfg("planner=cem", "planner.horizon=2", "eval.goal_source=dset", "eval.n_evals=2",
                    "eval.budget=50", "eval.seeds=[1]", f"data.path={data}", "data.split_ratio=0.5")  # fmt: skip
     result = evaluate(tiny_wm(cfg, data), cfg)
     assert result.protocol["goal_H"] == 2
-    assert [m["env_steps"] for m in result.per_seed[1]] == [10, 10]
+    assert [m.env_steps for m in result.per_seed[1]] == [10, 10]
     from dinowm_core.data.windows import build_datasets
     from dinowm_core.envs.base import make_env
 

@@ -189,7 +189,7 @@ def test_checkpoint_without_statistics_plans_in_env_units():
     import numpy as np
 
     from dinowm_core import build_world_model, load_config
-    from dinowm_core.planning.policy import ModelAdapter
+    from dinowm_core.evaluation.adapter import ModelAdapter
 
     wm = build_world_model(load_config(["env=pusht", "encoder=dino_tiny", "img_size=64", "decoder=none"]))
     wm.normalization = None

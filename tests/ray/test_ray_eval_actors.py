@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from dinowm_core.planning.evaluation import evaluate
 from tests.planning.eval_helpers import tiny_cfg, tiny_checkpoint, tiny_wm
+
+from dinowm_core.evaluation.loop import evaluate
 
 pytestmark = pytest.mark.ray
 
@@ -16,7 +16,7 @@ KEYS = ("index", "episode_seed", "success", "success_any_step", "distance", "min
 
 
 def _episodes(result):
-    return {s: [{k: m[k] for k in KEYS} for m in eps] for s, eps in result.per_seed.items()}
+    return {s: [{k: m.to_dict()[k] for k in KEYS} for m in eps] for s, eps in result.per_seed.items()}
 
 
 def test_four_env_actors_match_in_process(ray_cluster, tmp_path):

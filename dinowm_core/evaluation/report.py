@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dinowm_core.config import Config
-from dinowm_core.planning.episode import Obs
+from dinowm_core.evaluation.records import EpisodeMetrics, Obs
 
 Z95 = 1.959963984540054
 
@@ -79,17 +79,26 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass
 class EvalResult:
+    """An evaluation: its protocol, every episode's metrics by eval seed, and the videos written."""
+
     protocol: dict[str, Any]
-    per_seed: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    per_seed: dict[int, list[EpisodeMetrics]] = field(default_factory=dict)
     videos: list[str] = field(default_factory=list)
 
-    def summary(self, seed: int | None = None) -> dict[str, Any]:
+    def episodes(self, seed: int | None = None) -> list[EpisodeMetrics]:
+        """The episodes of ``seed`` (all seeds, in seed order, when None)."""
         if seed is not None:
-            return summarize(self.per_seed[seed])
-        return summarize([m for eps in self.per_seed.values() for m in eps])
+            return self.per_seed[seed]
+        return [m for eps in self.per_seed.values() for m in eps]
+
+    def summary(self, seed: int | None = None) -> dict[str, Any]:
+        return summarize([m.to_dict() for m in self.episodes(seed)])
 
     def to_dict(self) -> dict[str, Any]:
-        per_seed = {str(s): {"summary": summarize(eps), "episodes": eps} for s, eps in self.per_seed.items()}
+        per_seed = {
+            str(s): {"summary": self.summary(s), "episodes": [m.to_dict() for m in eps]}
+            for s, eps in self.per_seed.items()
+        }
         summaries = [v["summary"]["success_rate"] for v in per_seed.values()]
         pooled = {**self.summary(), "seed_success_rate_std": float(np.std(summaries)) if summaries else None}
         return {"protocol": self.protocol, "pooled": pooled, "per_seed": per_seed, "videos": self.videos}

@@ -10,8 +10,8 @@ import pytest
 from dinowm_core.data.normalization import Normalizer
 from dinowm_core.data.store import TrajectoryStore
 from dinowm_core.envs import make_env
-from dinowm_core.planning.goals import episode_seeds, make_targets, save_targets
-from tests.planning.eval_helpers import make_wall_dataset
+from dinowm_core.evaluation.goals import episode_seeds, make_targets, save_targets
+from tests.evaluation.eval_helpers import make_wall_dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ray_jobs.cli import app
-from tests.planning.eval_helpers import tiny_cfg, tiny_checkpoint
+from tests.evaluation.eval_helpers import tiny_cfg, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

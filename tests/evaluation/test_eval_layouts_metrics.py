@@ -8,10 +8,10 @@ import logging
 import numpy as np
 
 from dinowm_core.envs.base import make_env
-from dinowm_core.planning.eval_report import goal_distances
-from dinowm_core.planning.evaluation import evaluate, layout_dataset
-from dinowm_core.planning.goals import Target, make_targets, save_targets
-from tests.planning.eval_helpers import make_wall_dataset, tiny_cfg
+from dinowm_core.evaluation.goals import Target, make_targets, save_targets
+from dinowm_core.evaluation.loop import evaluate, layout_dataset
+from dinowm_core.evaluation.report import goal_distances
+from tests.evaluation.eval_helpers import make_wall_dataset, tiny_cfg
 
 
 class _LayoutStore:
@@ -51,7 +51,7 @@ def test_random_state_episodes_take_dataset_layouts():
 
 def test_random_state_without_a_dataset_keeps_the_default_layout_and_says_so(caplog):
     env = make_env("wall", img_size=64)
-    with caplog.at_level(logging.INFO, logger="dinowm_core.planning.goals"):
+    with caplog.at_level(logging.INFO, logger="dinowm_core.evaluation.goals"):
         targets = make_targets(env, "random_state", 7, 4)
     assert all(t.env_params == {"wall_x": 32, "door_y": 30} for t in targets)
     assert "default layout" in caplog.text
@@ -63,7 +63,7 @@ def test_layout_dataset_comes_from_data_path(tmp_path, caplog):
     data = make_wall_dataset(tmp_path)
     val = layout_dataset(tiny_cfg(f"data.path={data}", "data.split_ratio=0.5"))
     assert val is not None and len(val.episodes) == 4
-    with caplog.at_level(logging.INFO, logger="dinowm_core.planning.evaluation"):
+    with caplog.at_level(logging.INFO, logger="dinowm_core.evaluation.loop"):
         assert layout_dataset(tiny_cfg(f"data.path={tmp_path / 'missing'}")) is None
     assert "default layout" in caplog.text
 
@@ -101,14 +101,14 @@ def test_visual_and_proprio_dist_in_results_json_and_metrics(tmp_path):
                    "eval.seeds=[0]")  # fmt: skip
     moved = evaluate(None, cfg, policy=_Push(1.0), out_dir=tmp_path / "moved")
     m = moved.per_seed[0][0]
-    assert m["proprio_dist"] == 1.0  # mean(|14 - 16|, |20 - 20|) in raw proprio (px)
-    assert m["visual_dist"] > 0
+    assert m.proprio_dist == 1.0  # mean(|14 - 16|, |20 - 20|) in raw proprio (px)
+    assert m.visual_dist > 0
     still = evaluate(None, cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"budget": 1})}),
                      policy=_Push(0.0))  # fmt: skip
     s = still.per_seed[0][0]
     # further from the goal: more pixels differ
-    assert s["proprio_dist"] == 3.0 and s["visual_dist"] > m["visual_dist"]
+    assert s.proprio_dist == 3.0 and s.visual_dist > m.visual_dist
     summary = json.loads((tmp_path / "moved" / "results.json").read_text())["pooled"]
-    assert summary["mean_visual_dist"] == m["visual_dist"] and summary["mean_proprio_dist"] == 1.0
+    assert summary["mean_visual_dist"] == m.visual_dist and summary["mean_proprio_dist"] == 1.0
     flat = moved.flat_metrics("plan")
     assert flat["plan/mean_proprio_dist"] == 1.0 and "plan/seed0/mean_visual_dist" in flat

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from dinowm_core.envs.base import PlanningEnv, make_env
-from dinowm_core.planning.goals import Target
-
-Obs = dict[str, np.ndarray]
+from dinowm_core.evaluation.goals import Target
+from dinowm_core.evaluation.records import EpisodeMetrics, EpisodeOutcome, Obs
 
 
 class EpisodeRunner:
@@ -85,30 +84,30 @@ class EpisodeRunner:
             self.stopped_by_oracle = True
         return n
 
-    def result(self) -> dict[str, Any]:
-        """Per-episode metrics (JSON-able, under "metrics") and the arrays the model side needs."""
+    def result(self) -> EpisodeOutcome:
+        """The episode's metrics and the arrays the model side needs."""
         assert self.target is not None
         final = {k: _scalar(v) for k, v in self.last_eval.items()}
-        metrics = {
-            "index": self.index,
-            "episode_seed": int(self.target.episode_seed),
-            "success": bool(final.pop("success")),
-            "success_any_step": self.first_success is not None,
-            "first_success_step": self.first_success,
-            **final,
-            "min_distance": self.min_distance,
-            "env_steps": self.steps,
-            "stopped_by_oracle": self.stopped_by_oracle,
-        }
+        metrics = EpisodeMetrics(
+            index=self.index,
+            episode_seed=int(self.target.episode_seed),
+            success=bool(final.pop("success")),
+            success_any_step=self.first_success is not None,
+            first_success_step=self.first_success,
+            min_distance=self.min_distance,
+            env_steps=self.steps,
+            stopped_by_oracle=self.stopped_by_oracle,
+            final=final,
+        )
         d = self.env.action_dim
-        return {
-            "metrics": metrics,
-            "obs0": self.obs0,
-            "model_step_obs": self.model_step_obs[-1],
-            "actions": np.stack(self.actions) if self.actions else np.zeros((0, d)),
-            "frames": np.stack(self.frames) if self.record else None,
-            "goal_visual": self.target.goal_obs.get("visual"),
-        }
+        return EpisodeOutcome(
+            metrics=metrics,
+            obs0=self.obs0,
+            model_step_obs=self.model_step_obs[-1],
+            actions=np.stack(self.actions) if self.actions else np.zeros((0, d)),
+            frames=np.stack(self.frames) if self.record else None,
+            goal_visual=self.target.goal_obs.get("visual"),
+        )
 
 
 def _scalar(v: Any) -> Any:
@@ -167,5 +166,5 @@ class EpisodeGroup:
         """actions (n_active, n, d): each slot runs its row (finished slots run nothing)."""
         return [r.step(a) for r, a in zip(self.runners[: self.n_active], actions, strict=True)]
 
-    def results(self) -> list[dict[str, Any]]:
+    def results(self) -> list[EpisodeOutcome]:
         return [r.result() for r in self.runners[: self.n_active]]

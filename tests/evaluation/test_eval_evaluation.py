@@ -9,10 +9,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from dinowm_core.planning.eval_report import protocol, summarize, wilson_interval
-from dinowm_core.planning.evaluation import check_model_env, evaluate
-from dinowm_core.planning.goals import Target, save_targets
-from tests.planning.eval_helpers import make_wall_dataset, tiny_cfg, tiny_wm
+from dinowm_core.evaluation.goals import Target, save_targets
+from dinowm_core.evaluation.loop import check_model_env, evaluate
+from dinowm_core.evaluation.report import protocol, summarize, wilson_interval
+from tests.evaluation.eval_helpers import make_wall_dataset, tiny_cfg, tiny_wm
 
 
 def _by_episode(result, seed):
@@ -25,7 +25,7 @@ def _by_episode(result, seed):
         "env_steps",
         "plan_calls",
     )
-    return [{k: m[k] for k in keep} for m in result.per_seed[seed]]
+    return [{k: m.to_dict()[k] for k in keep} for m in result.per_seed[seed]]
 
 
 def test_mpc_cem_end_to_end_writes_json_and_video(tmp_path):
@@ -62,10 +62,10 @@ def test_random_baseline_stays_in_box_and_is_deterministic(tmp_path):
     r1, r2 = evaluate(None, cfg), evaluate(None, cfg, out_dir=tmp_path)
     assert _by_episode(r1, 3) == _by_episode(r2, 3)
     assert json.loads((tmp_path / "results.json").read_text())["protocol"]["policy"] == "random"
-    assert all(m["env_steps"] == 25 for m in r1.per_seed[3])
+    assert all(m.env_steps == 25 for m in r1.per_seed[3])
     # the baseline moves the dot (distance changes) and differs between episodes
-    assert len({round(m["distance"], 6) for m in r1.per_seed[3]}) == 4
-    from dinowm_core.planning.policy import RandomPolicy
+    assert len({round(m.final["distance"], 6) for m in r1.per_seed[3]}) == 4
+    from dinowm_core.evaluation.policy import RandomPolicy
 
     pol = RandomPolicy(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), chunk=25)
     pol.reset([7, 8], seed=0)
@@ -100,12 +100,12 @@ def test_success_at_end_vs_any_step_and_oracle_stop(tmp_path, oracle):
                    "eval.budget=20", "eval.seeds=[0]", f"eval.oracle_stop={str(oracle).lower()}")  # fmt: skip
     result = evaluate(None, cfg, policy=_PushRight())
     m = result.per_seed[0][0]
-    assert m["success_any_step"] and m["first_success_step"] == 1
+    assert m.success_any_step and m.first_success_step == 1
     if oracle:  # checked at the end of the first executed chunk (5 env steps), as the reference MPC
-        assert m["success"] and m["stopped_by_oracle"] and m["env_steps"] == 5
+        assert m.success and m.stopped_by_oracle and m.env_steps == 5
         assert "oracle stop" in result.protocol["label"]
     else:
-        assert not m["success"] and m["env_steps"] == 20 and m["distance"] > 4.5
+        assert not m.success and m.env_steps == 20 and m.final["distance"] > 4.5
         assert result.summary()["success_rate"] == 0 and result.summary()["success_any_step_rate"] == 1
 
 
@@ -118,23 +118,23 @@ def test_oracle_stop_ignores_a_success_passed_within_a_chunk(tmp_path):
     """Success during steps 1-5 of a 10-step chunk, gone at its end: the reference never sees it."""
     result = evaluate(None, _oracle_cfg(_near_goal_file(tmp_path)), policy=_PushRight(chunk=10))
     m = result.per_seed[0][0]
-    assert not m["stopped_by_oracle"] and m["env_steps"] == 20 and not m["success"]
+    assert not m.stopped_by_oracle and m.env_steps == 20 and not m.success
     # the per-step secondary metric still sees it
-    assert m["success_any_step"] and m["first_success_step"] == 1
+    assert m.success_any_step and m.first_success_step == 1
 
 
 def test_oracle_stop_executes_at_least_one_chunk(tmp_path):
     """An episode that starts at its goal is not a success before any action (the reference plans first)."""
     result = evaluate(None, _oracle_cfg(_near_goal_file(tmp_path, goal_dx=-2.0)), policy=_PushRight())
     m = result.per_seed[0][0]
-    assert m["first_success_step"] == 0  # at the goal at reset...
-    assert m["env_steps"] == 20 and not m["stopped_by_oracle"] and not m["success"]  # ...then pushed away
+    assert m.first_success_step == 0  # at the goal at reset...
+    assert m.env_steps == 20 and not m.stopped_by_oracle and not m.success  # ...then pushed away
 
 
 def test_open_loop_label_says_what_ran():
     cfg = tiny_cfg("planner=cem", "eval.n_evals=1", "eval.budget=30", "eval.seeds=[0]")
     result = evaluate(tiny_wm(cfg), cfg)
-    assert result.per_seed[0][0]["env_steps"] == 25  # one plan of horizon 5 x frameskip 5
+    assert result.per_seed[0][0].env_steps == 25  # one plan of horizon 5 x frameskip 5
     label = result.protocol["label"]
     assert "open loop" in label and "25 env steps executed" in label and "fixed budget" not in label
     mpc = tiny_cfg("eval.budget=30")
@@ -151,7 +151,7 @@ def test_dset_goals_in_evaluation(tmp_path):
                    "eval.seeds=[4]", f"data.path={data}", "data.split_ratio=0.5")  # fmt: skip
     result = evaluate(tiny_wm(cfg, data), cfg)
     val = set(build_datasets(cfg)[3].episodes.tolist())
-    assert len(result.per_seed[4]) == 2 and all(m["env_steps"] == 10 for m in result.per_seed[4])
+    assert len(result.per_seed[4]) == 2 and all(m.env_steps == 10 for m in result.per_seed[4])
     assert val  # goals came from held-out trajectories (checked in test_eval_goals)
 
 

@@ -2,8 +2,8 @@
 
 ``evaluate(wm, cfg)`` runs ``cfg.eval.n_evals`` episodes for every seed of ``cfg.eval.seeds``:
 
-1. targets from the goal source (:mod:`dinowm_core.planning.goals`);
-2. every episode resets its own env (:class:`~dinowm_core.planning.episode.EpisodeGroup`);
+1. targets from the goal source (:mod:`dinowm_core.evaluation.goals`);
+2. every episode resets its own env (:class:`~dinowm_core.evaluation.episodes.EpisodeGroup`);
 3. each planning step gathers the observations of *all* episodes and makes **one** policy call for the
    batch; the returned env actions (model actions denormalized and split into ``frameskip`` env steps) are
    executed in the real envs, which stop at the fixed env-step ``budget``. MPC replans from the true state
@@ -40,17 +40,13 @@ from typing import Any
 import numpy as np
 
 from dinowm_core.config import Config
-from dinowm_core.planning.episode import EpisodeGroup, Obs
-from dinowm_core.planning.eval_report import (
-    EvalResult,
-    goal_distances,
-    protocol,
-    summarize,
-)
-from dinowm_core.planning.goals import Target, make_targets
+from dinowm_core.evaluation.episodes import EpisodeGroup, Obs
+from dinowm_core.evaluation.goals import Target, make_targets
+from dinowm_core.evaluation.policy import Policy
+from dinowm_core.evaluation.records import EpisodeOutcome
+from dinowm_core.evaluation.report import EvalResult, goal_distances, protocol
+from dinowm_core.evaluation.video import write_episode_video
 from dinowm_core.planning.plan_config import resolve_goal_H
-from dinowm_core.planning.policy import Policy
-from dinowm_core.planning.video import write_episode_video
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +106,7 @@ class Episodes:
 
 def run_batch(
     episodes: Episodes, policy: Policy, targets: list[Target], seed: int, n_record: int
-) -> list[dict]:
+) -> list[EpisodeOutcome]:
     """Run one batch of episodes to the end of their budget; returns the episode results in target order."""
     episodes.reset(targets, [i < n_record for i in range(len(targets))])
     policy.reset([t.episode_seed for t in targets], seed)
@@ -136,34 +132,33 @@ def run_batch(
     visual_dist, proprio_dist = goal_distances(final, goal)
     results = episodes.results()
     for i, (r, s, c) in enumerate(zip(results, plan_s, calls, strict=True)):
-        m = r["metrics"]
-        m["plan_calls"], m["plan_seconds"] = int(c), float(s)
-        m["plan_s_per_step"] = float(s) / max(1, m["env_steps"])
-        m["visual_dist"], m["proprio_dist"] = float(visual_dist[i]), float(proprio_dist[i])
+        m = r.metrics
+        m.seed, m.plan_calls, m.plan_seconds = seed, int(c), float(s)
+        m.plan_s_per_step = float(s) / max(1, m.env_steps)
+        m.visual_dist, m.proprio_dist = float(visual_dist[i]), float(proprio_dist[i])
     return results
 
 
-def add_imagination(results: list[dict], imaginer: Any, frameskip: int) -> None:
+def add_imagination(results: list[EpisodeOutcome], imaginer: Any, frameskip: int) -> None:
     """Embedding divergence (and decoded frames for recorded episodes), batched by model-step count."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, r in enumerate(results):
-        n = len(r["actions"]) // frameskip
-        if n >= 1:
-            by_len[n].append(i)
-        else:
-            r["metrics"].update(div_visual_emb=None, div_proprio_emb=None)
-    for n, idx in by_len.items():
-        rows = [results[i] for i in idx]
-        obs0 = {k: np.stack([r["obs0"][k] for r in rows]) for k in rows[0]["obs0"]}
-        final = {k: np.stack([r["model_step_obs"][k] for r in rows]) for k in rows[0]["model_step_obs"]}
-        actions = np.stack([r["actions"][: n * frameskip] for r in rows])
-        decode = any(r["frames"] is not None for r in rows)
+    by_len: dict[int, list[EpisodeOutcome]] = defaultdict(list)
+    for r in results:
+        n = len(r.actions) // frameskip
+        if (
+            n >= 1
+        ):  # an episode shorter than one model step has nothing to imagine (its divergences stay None)
+            by_len[n].append(r)
+    for n, rows in by_len.items():
+        obs0 = {k: np.stack([r.obs0[k] for r in rows]) for k in rows[0].obs0}
+        final = {k: np.stack([r.model_step_obs[k] for r in rows]) for k in rows[0].model_step_obs}
+        actions = np.stack([r.actions[: n * frameskip] for r in rows])
+        decode = any(r.frames is not None for r in rows)
         out = imaginer.imagine(obs0, actions, final, decode)
         for j, r in enumerate(rows):
-            r["metrics"]["div_visual_emb"] = float(out["div_visual_emb"][j])
-            r["metrics"]["div_proprio_emb"] = float(out["div_proprio_emb"][j])
+            r.metrics.div_visual_emb = float(out["div_visual_emb"][j])
+            r.metrics.div_proprio_emb = float(out["div_proprio_emb"][j])
             if "frames" in out:
-                r["imagined"] = out["frames"][j]
+                r.imagined = out["frames"][j]
 
 
 def targets_for_seed(
@@ -202,18 +197,18 @@ def run_evaluation(
         results = run_batch(episodes, policy, targets, seed, cfg.eval.n_plot_samples)
         if imaginer is not None:
             add_imagination(results, imaginer, cfg.frameskip)
-        metrics = [{"seed": seed, **r["metrics"]} for r in results]
-        result.per_seed[seed] = metrics
-        summ = summarize(metrics)
+        result.per_seed[seed] = [r.metrics for r in results]
+        summ = result.summary(seed)
         log.info("seed %d: success %.3f (95%% CI %.3f-%.3f) over %d episodes in %.1fs", seed,
                  summ["success_rate"], *summ["success_ci95"], summ["n"], time.perf_counter() - t0)  # fmt: skip
         if out is not None:
             for r in results:
-                if r["frames"] is not None:
-                    m = r["metrics"]
-                    name = f"seed{seed}_ep{m['index']:03d}_{'success' if m['success'] else 'failure'}.mp4"
-                    write_episode_video(out / "videos" / name, r["frames"], r.get("imagined"), r["goal_visual"],
-                                        cfg.frameskip)  # fmt: skip
+                if r.frames is not None:
+                    m = r.metrics
+                    name = f"seed{seed}_ep{m.index:03d}_{'success' if m.success else 'failure'}.mp4"
+                    write_episode_video(
+                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip
+                    )
                     result.videos.append(str(Path("videos") / name))
     if out is not None:
         result.write_json(out / "results.json")
@@ -264,7 +259,8 @@ def evaluate(
 ) -> EvalResult:
     """In-process evaluation of ``wm`` (None only with ``eval.policy=random``) under ``cfg``."""
     from dinowm_core.envs.base import make_env
-    from dinowm_core.planning.policy import ModelAdapter, build_policy, resolve_device
+    from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
+    from dinowm_core.evaluation.policy import build_policy
 
     e = cfg.eval
     size = e.render_size or cfg.img_size

@@ -1,0 +1,104 @@
+"""The policies of a planning evaluation: observations in, env actions out (reference sections 5.1, 5.7).
+
+A *policy* has two verbs, shaped so that it can sit in the driver, in a Ray actor or behind a Serve
+deployment:
+
+* ``reset(episode_seeds, seed)`` before a batch of episodes (clears MPC warm starts, seeds the sampler);
+* ``plan(obs, goal) -> (B, n, d)`` env-unit actions for the next ``n`` env steps of every episode, from a
+  batch of raw observations ``{"visual": uint8 (B, H, W, 3), "proprio": (B, Dp)}`` and goal observations.
+
+:class:`ModelPolicy` plans through a world model with the one planner interface (MPC: ``closed_loop``;
+open-loop CEM/GD: one plan, executed whole), mapping env data through
+:class:`~dinowm_core.evaluation.adapter.ModelAdapter`; :class:`RandomPolicy` is the baseline (uniform actions
+in the env's action box, per-episode RNG).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from dinowm_core.evaluation.adapter import ModelAdapter
+from dinowm_core.planning.common import normalized_zero_action
+from dinowm_core.planning.planner import Planner, PlanState, make_planner
+
+Obs = dict[str, np.ndarray]
+
+
+class Policy(Protocol):
+    #: False = one plan per episode (open loop): the evaluation stops asking after the first call
+    closed_loop: bool
+
+    def reset(self, episode_seeds: list[int], seed: int) -> None: ...
+
+    def plan(self, obs: Obs, goal: Obs) -> np.ndarray: ...
+
+
+class ModelPolicy:
+    """Plans with a world model through a :class:`~dinowm_core.planning.planner.Planner`, holding its state
+    between calls; ``closed_loop`` is the planner's (MPC replans, an open-loop plan is executed whole)."""
+
+    def __init__(self, adapter: ModelAdapter, planner: Planner) -> None:
+        self.adapter, self.planner, self.closed_loop = adapter, planner, planner.closed_loop
+        self.state: PlanState | None = None
+
+    def reset(self, episode_seeds: list[int], seed: int) -> None:
+        """One RNG stream per episode, seeded by (seed, episode seed): a plan does not depend on which other
+        episodes share the batch."""
+        seeds = [_mix(seed, s) for s in episode_seeds]
+        self.state = self.planner.init_state(len(seeds), seeds, device=self.adapter.device)
+
+    def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
+        if self.state is None or self.state.batch_size != len(obs["visual"]):
+            have = "no" if self.state is None else self.state.batch_size
+            raise RuntimeError(f"reset() was given {have} episodes, plan() {len(obs['visual'])}")
+        z_obs, z_goal = self.adapter.encode(obs), self.adapter.encode(goal)
+        result, self.state = self.planner.plan(z_obs, z_goal, self.state)
+        return self.adapter.to_env_actions(result.execute)
+
+
+def _mix(seed: int, episode_seed: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(episode_seed)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class RandomPolicy:
+    """Uniform env-unit actions in ``[low, high]``, ``chunk`` env steps per call, one RNG per episode.
+
+    Each episode's action stream depends only on its episode seed, whatever the batch or chunking.
+    """
+
+    closed_loop = True
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, chunk: int) -> None:
+        self.low, self.high, self.chunk = (
+            np.asarray(low, np.float64),
+            np.asarray(high, np.float64),
+            int(chunk),
+        )
+        if not np.all(np.isfinite(self.low) & np.isfinite(self.high)):
+            raise ValueError("the random baseline needs a bounded action box")
+        self.rngs: list[np.random.Generator] = []
+
+    def reset(self, episode_seeds: list[int], seed: int) -> None:
+        self.rngs = [np.random.default_rng([int(s), 0x5EED]) for s in episode_seeds]
+
+    def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
+        return np.stack([r.uniform(self.low, self.high, (self.chunk, len(self.low))) for r in self.rngs])
+
+
+def build_policy(
+    cfg: Any, *, adapter: ModelAdapter | None, action_box: tuple[np.ndarray, np.ndarray] | None = None
+) -> Policy:
+    """The evaluation's policy: ``eval.policy=random`` (needs ``action_box``) or ``cfg.planner`` via
+    :func:`dinowm_core.planning.planner.make_planner` (no action bounds, as the reference)."""
+    p = cfg.planner
+    if cfg.eval.policy == "random":
+        if action_box is None:
+            raise ValueError("the random baseline needs the env's action box")
+        n_taken = p.mpc.n_taken_actions if p.name.startswith("mpc_") else p.horizon
+        return RandomPolicy(*action_box, chunk=cfg.frameskip * n_taken)
+    if adapter is None:
+        raise ValueError(f"planner {p.name} needs a world model")
+    zero = normalized_zero_action(adapter.normalizer, cfg.env.action_dim, cfg.frameskip).to(adapter.device)
+    return ModelPolicy(adapter, make_planner(p, adapter.wm, zero_action=zero))
