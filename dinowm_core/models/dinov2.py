@@ -1,6 +1,6 @@
 """DINOv2 vision transformer (Oquab et al., 2023), written to load the official hub checkpoints strictly.
 
-Reference: docs/reference_dino_wm.md section 2.1. Parameter names follow facebookresearch/dinov2 so that
+Reference: docs/reference.md section 2.1. Parameter names follow facebookresearch/dinov2 so that
 `dinov2_vits14_pretrain.pth` (175 keys for ViT-S/14) loads with `strict=True`. Inference behaviour matches the
 hub models exactly: LayerNorm eps 1e-6, exact GELU, LayerScale, no register tokens, and the position embedding
 resampled from the native M x M grid with bicubic interpolation at scale `(n + 0.1) / M` without antialiasing.

@@ -1,6 +1,6 @@
 """Visual encoders: frozen DINOv2 patch features (the DINO-WM default) and a small trainable conv patch encoder.
 
-Reference: docs/reference_dino_wm.md section 2.1. The reference calls `torch.hub.load("facebookresearch/dinov2")`
+Reference: docs/reference.md section 2.1. The reference calls `torch.hub.load("facebookresearch/dinov2")`
 inside its constructor, which downloads code and weights. Here the architecture is our own (`dinov2.py`) and the
 weights are found locally (explicit path, torch hub cache, Hugging Face cache in timm or transformers layout) and
 only downloaded when explicitly allowed. Inputs are images already resized to the encoder's input size and

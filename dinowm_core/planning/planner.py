@@ -156,13 +156,8 @@ class Planner:
         zero_action: torch.Tensor | None = None,
         action_dim: int | None = None,
     ) -> None:
-        self.cfg, self.wm, self.bounds, self.zero_action, self.action_dim = (
-            cfg,
-            wm,
-            bounds,
-            zero_action,
-            action_dim,
-        )
+        self.cfg, self.wm, self.bounds = cfg, wm, bounds
+        self.zero_action, self.action_dim = zero_action, action_dim
         self.kind = cfg.name.removeprefix("mpc_")
         if self.kind not in ("cem", "gd"):
             raise ValueError(f"unknown planner {cfg.name!r}")

@@ -28,17 +28,7 @@ def test_mask_is_block_lower_triangular_and_not_saved():
 @pytest.mark.parametrize("num_patches", [1, 5, 18])
 @pytest.mark.parametrize("residual", [False, True])
 def test_causality(num_frames, num_patches, residual):
-    torch.manual_seed(0)
-    pred = ViTPredictor(
-        num_patches=num_patches,
-        num_frames=num_frames,
-        dim=16,
-        depth=2,
-        heads=2,
-        dim_head=8,
-        mlp_dim=32,
-        residual=residual,
-    ).eval()
+    pred = _small(num_patches, num_frames, dim=16, residual=residual)
     x = torch.randn(2, num_frames * num_patches, 16)
     base = pred(x)
     for t in range(num_frames):
