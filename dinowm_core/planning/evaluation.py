@@ -48,9 +48,9 @@ from dinowm_core.planning.eval_report import (
     summarize,
 )
 from dinowm_core.planning.goals import Target, make_targets
-from dinowm_core.planning.plan_config import resolve_goal_H
 from dinowm_core.planning.policy import Policy
 from dinowm_core.planning.video import write_episode_video
+from dinowm_core.presets import resolve_goal_H
 
 log = logging.getLogger(__name__)
 
