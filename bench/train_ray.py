@@ -80,13 +80,13 @@ def plain_step_times(overrides: list[str], run_dir: Path) -> list[float]:
 def ray_step_times(overrides: list[str], workers: int, out: Path) -> list[float]:
     from mlflow.tracking import MlflowClient
 
-    from dinowm_core import load_config
+    from ray_jobs.job_config import load_run_config
     from ray_jobs.train import run
 
     cores = os.cpu_count() or 1
-    cfg = load_config([*overrides, f"ray.num_workers={workers}", f"ray.cpus_per_worker={cores / workers:g}",
-                       f"output_dir={out}", "mlflow.register_model=null"])  # fmt: skip
-    outcome = run(cfg)
+    cfg, job = load_run_config([*overrides, f"ray.num_workers={workers}", f"ray.cpus_per_worker={cores / workers:g}",
+                                f"output_dir={out}", "mlflow.register_model=null"])  # fmt: skip
+    outcome = run(cfg, job)
     uri = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
     history = MlflowClient(uri).get_metric_history(outcome.mlflow_run_id, "time/step_s")
     return [m.value for m in sorted(history, key=lambda m: m.step)]

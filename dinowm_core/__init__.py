@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "dinowm_core.config",
     "ConfigError": "dinowm_core.config",
-    "apply_overrides": "dinowm_core.config",
-    "load_config": "dinowm_core.config",
+    "apply_overrides": "dinowm_core.presets",
+    "load_config": "dinowm_core.presets",
     "build_world_model": "dinowm_core.models.build",
     "build_encoder": "dinowm_core.models.encoders",
     "WorldModel": "dinowm_core.models.world_model",
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from dinowm_core.config import Config, ConfigError, apply_overrides, load_config
+    from dinowm_core.config import Config, ConfigError
     from dinowm_core.models.build import build_world_model
     from dinowm_core.models.encoders import build_encoder
     from dinowm_core.models.world_model import WorldModel

@@ -1,37 +1,20 @@
-"""Typed, validated configuration for dinowm.
+"""The typed, validated configuration schema of dinowm: every section and the whole :class:`Config`.
 
-A config is built from YAML presets under ``conf/`` (grouped like the reference DINO-WM: ``env=``,
-``encoder=``, ``predictor=``, ``decoder=``, ``planner=``) plus Hydra-style dotted overrides::
+Every model forbids unknown keys, so a typo fails at load time with a message naming the key. Configs
+round-trip through JSON without loss (``Config.model_validate_json(cfg.model_dump_json())``). Derived values
+(number of patches, action dim after frameskip) are properties, never stored.
 
-    load_config(["env=wall", "frameskip=5", "num_hist=1", "predictor.depth=4"])
-
-Every model forbids unknown keys, so a typo fails at load time with a message naming the key.
-Configs round-trip through JSON without loss (``Config.model_validate_json(cfg.model_dump_json())``).
-Derived values (number of patches, action dim after frameskip) are properties, never stored.
+Building a config from the YAML presets under ``conf/`` and dotted ``key=value`` overrides is
+``dinowm_core.presets`` (``load_config``, ``apply_overrides``, the per-env planning presets). Planning defaults
+follow the reference's ``conf/plan*.yaml`` and ``conf/planner/*.yaml`` (docs/reference.md sections 5.3-5.7).
+Where a job runs (Ray, MLflow) is not part of the model: ``ray_jobs.job_config`` holds those settings.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
-
-from dinowm_core.config_base import ConfigModel
-
-# Re-exported (``X as X``): callers import every section from here.
-from dinowm_core.planning_config import CEMConfig as CEMConfig
-from dinowm_core.planning_config import EvalConfig as EvalConfig
-from dinowm_core.planning_config import GDConfig as GDConfig
-from dinowm_core.planning_config import MPCConfig as MPCConfig
-from dinowm_core.planning_config import ObjectiveConfig as ObjectiveConfig
-from dinowm_core.planning_config import PlannerConfig as PlannerConfig
-
-GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The reference hard-codes this: every DINO encoder input is resized to (img_size // 16) * patch_size,
 # and the VQ-VAE decoder upsamples its patch grid by 16 (two x4 stages).
@@ -40,6 +23,43 @@ DECODER_SCALE = 16
 
 class ConfigError(ValueError):
     """A config could not be built; the message names the offending key."""
+
+
+def format_errors(e: ValidationError) -> str:
+    """A pydantic validation error as one line per problem, each starting with the dotted key."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<config>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif err["type"] == "value_error":
+            lines.append(msg)  # our validators' messages start with the key they are about
+        else:
+            lines.append(f"{loc}: {msg} (got {err['input']!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+class ConfigModel(BaseModel):
+    """Unknown keys fail at load time (naming the key); assignments are validated like loaded values."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Validate a plain mapping; raises :class:`ConfigError` naming every offending key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_errors(e)) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Validate a JSON document; raises :class:`ConfigError` naming every offending key."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            raise ConfigError(format_errors(e)) from None
 
 
 class EnvConfig(ConfigModel):
@@ -167,20 +187,127 @@ class TrainingConfig(ConfigModel):
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` (training.amp=off) as false
 
 
-class RayConfig(ConfigModel):
-    address: str | None = Field(None, description="None = start an embedded local cluster")
-    num_workers: int = Field(1, ge=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    storage_path: str | None = None
-    max_failures: int = Field(0, ge=-1)
-    num_to_keep: int = Field(2, gt=0)
+# ---- planning and evaluation -----------------------------------------------------------------
 
 
-class MlflowConfig(ConfigModel):
-    tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or a local sqlite store")
-    experiment: str = "dinowm"
-    register_model: str | None = Field("dinowm-world-model", description="registered model name; None = skip")
+class CEMConfig(ConfigModel):
+    num_samples: int = Field(300, gt=0)
+    topk: int = Field(30, gt=0)
+    var_scale: float = Field(1.0, gt=0)
+    opt_steps: int = Field(30, gt=0)
+    chunk_size: int | None = Field(
+        None,
+        gt=0,
+        description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all",
+    )
+
+
+class GDConfig(ConfigModel):
+    lr: float = Field(1.0, gt=0)
+    opt_steps: int = Field(1000, gt=0)
+    action_noise: float = Field(0.003, ge=0)
+    sample_type: Literal["randn", "zero"] = "randn"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+class MPCConfig(ConfigModel):
+    """Receding horizon. There is no iteration cap: an episode's length is ``eval.budget`` env steps (the
+    reference's ``max_iter`` is gone; saved checkpoints that still carry ``max_iter: null`` load unchanged)."""
+
+    n_taken_actions: int = Field(
+        5,
+        gt=0,
+        description="model steps executed per plan (<= planner.horizon); the rest warm-starts the next",
+    )
+
+
+class ObjectiveConfig(ConfigModel):
+    mode: Literal["last", "all"] = "last"
+    alpha: float = Field(1.0, ge=0, description="weight of the proprio-embedding term")
+    base: float = Field(2.0, gt=0, description="per-frame weight base for mode=all")
+
+
+class PlannerConfig(ConfigModel):
+    name: Literal["cem", "gd", "mpc_cem", "mpc_gd"] = "cem"
+    horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
+    cem: CEMConfig = Field(default_factory=CEMConfig)
+    gd: GDConfig = Field(default_factory=GDConfig)
+    mpc: MPCConfig = Field(default_factory=MPCConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    amp: bool = Field(False, description="bf16 autocast in planning rollouts (fp32 objective)")
+    kv_cache: bool = Field(True, description="reuse history keys/values while the context grows (exact)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the planning rollout's predictor steps (fuses norms; pays off on GPU)",
+    )
+    align: bool | None = Field(
+        None,
+        description="plan with a copy of the predictor zero-padded to an aligned width (exact); None = on CUDA",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerConfig:
+        if self.horizon < 1:
+            raise ValueError(f"planner.horizon must be >= 1, got {self.horizon}")
+        if self.cem.topk > self.cem.num_samples:
+            raise ValueError(
+                f"planner.cem.topk ({self.cem.topk}) must not exceed planner.cem.num_samples "
+                f"({self.cem.num_samples})"
+            )
+        if self.name.startswith("mpc_") and self.mpc.n_taken_actions > self.horizon:
+            raise ValueError(
+                f"planner.mpc.n_taken_actions ({self.mpc.n_taken_actions}) must not exceed planner.horizon "
+                f"({self.horizon}): an MPC step can only execute actions it planned"
+            )
+        return self
+
+
+class EvalConfig(ConfigModel):
+    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
+
+    The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
+    reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
+    """
+
+    goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
+    # Reference section 5.1: goal_H is both the goal distance and the planning horizon. Here the horizon is
+    # planner.horizon and goal_H follows it unless set; see dinowm_core/presets.py.
+    goal_H: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "dset/random_action goal distance in model steps (x frameskip env steps); None = planner.horizon "
+            "(reference: horizon = goal_H). Set explicitly and different from planner.horizon with an "
+            "open-loop planner (cem, gd) and a dset/random_action goal it is a config error: the plan would "
+            "stop short of (or run past) the goal. MPC planners replan, so any goal_H works with them"
+        ),
+    )
+    goal_file: str | None = Field(
+        None, description="JSON or .npz targets for goal_source=file (never a pickle)"
+    )
+    n_evals: int = Field(50, gt=0, description="episodes per seed")
+    budget: int = Field(50, gt=0, description="env steps per episode (fixed; no simulator early stop)")
+    seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
+    # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
+    # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
+    seed_scheme: Literal["spawn", "reference"] = "spawn"
+    oracle_stop: bool = Field(
+        False,
+        description="stop an episode at the first executed chunk that ends in simulator success (labelled)",
+    )
+    policy: Literal["planner", "random"] = Field("planner", description="random = uniform in the env box")
+    n_plot_samples: int = Field(10, ge=0, description="videos for the first n episodes of each seed")
+    render_size: int | None = Field(None, gt=0, description="env render size; None = img_size")
+    device: str = Field("auto", description="planner device: auto (cuda if available), cpu, cuda, cuda:1")
+    num_actors: int | None = Field(None, gt=0, description="Ray env actors; None = one per episode")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.goal_source == "file" and not self.goal_file:
+            raise ValueError("eval.goal_file must be set when eval.goal_source=file")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"eval.seeds must be distinct, got {self.seeds}")
+        return self
 
 
 class Config(ConfigModel):
@@ -206,8 +333,6 @@ class Config(ConfigModel):
 
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "outputs"
     presets: dict[str, str] = Field(default_factory=dict, description="which preset each group came from")
@@ -248,133 +373,3 @@ class Config(ConfigModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> Config:
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as e:
-            raise ConfigError(_format_errors(e)) from None
-
-
-# ---- presets and overrides ----------------------------------------------------------------------
-
-
-def conf_dir() -> Path:
-    """The preset directory: ``$DINOWM_CONF_DIR`` or ``conf/`` next to the package."""
-    env = os.environ.get("DINOWM_CONF_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "conf"
-
-
-def list_presets(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def _load_preset(group: str, name: str) -> dict[str, Any]:
-    path = conf_dir() / group / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(list_presets(group)) or "none"
-        raise ConfigError(f"{group}={name}: no such preset (choices: {choices})")
-    return _read_yaml(path)
-
-
-def _parse_value(key: str, text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {text!r}: {e}") from None
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: '{'.'.join(parts[: i + 1])}' is not a group of keys")
-        node = child
-    node[parts[-1]] = value
-
-
-def _format_errors(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<config>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        elif err["type"] == "value_error":
-            lines.append(msg)  # our validators' messages start with the key they are about
-        else:
-            lines.append(f"{loc}: {msg} (got {err['input']!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
-def split_overrides(overrides: list[str] | None) -> list[tuple[str, str]]:
-    pairs = []
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"override {item!r}: empty key")
-        pairs.append((key, value))
-    return pairs
-
-
-def config_dict(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Merge presets and overrides into a plain dict (not yet validated)."""
-    pairs = split_overrides(overrides)
-    if base is None:
-        tree = _read_yaml(conf_dir() / "config.yaml")
-        defaults = tree.pop("defaults", {})
-    else:
-        tree = copy.deepcopy(base)
-        defaults = {}
-    chosen = dict(defaults)
-    # Group selections (env=wall) first, so dotted overrides (env.kwargs.x=1) apply on top.
-    for key, value in pairs:
-        if key in GROUPS:
-            chosen[key] = value
-    for group, name in chosen.items():
-        if group not in GROUPS:
-            raise ConfigError(f"defaults: unknown group {group!r} (groups: {', '.join(GROUPS)})")
-        tree[group] = _load_preset(group, str(name))
-    if chosen:
-        tree["presets"] = {**tree.get("presets", {}), **{k: str(v) for k, v in chosen.items()}}
-    for key, value in pairs:
-        if key in GROUPS:
-            continue
-        _set_dotted(tree, key, _parse_value(key, value))
-    return tree
-
-
-def load_config(overrides: list[str] | None = None) -> Config:
-    """Build a validated config from the presets under ``conf/`` and ``key=value`` overrides."""
-    tree = config_dict(overrides)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None
-
-
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``key=value`` overrides (and ``group=preset`` selections) to an existing config."""
-    tree = config_dict(overrides, base=json.loads(cfg.model_dump_json()))
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -23,13 +24,14 @@ app.command("train")(train_cmd)
 OVERRIDES = typer.Argument(None, help="config overrides: env=wall frameskip=5 predictor.depth=4 ...")
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
 def _load(overrides: list[str] | None):
-    from dinowm_core.config import ConfigError, load_config
+    from dinowm_core.config import ConfigError
+    from dinowm_core.presets import load_config
 
     try:
         return load_config(overrides or [])
@@ -47,10 +49,19 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 
 @app.command("config")
-def config_cmd(overrides: list[str] | None = OVERRIDES) -> None:
-    """Print the resolved config as JSON."""
-    cfg = _load(overrides)
-    typer.echo(cfg.to_json())
+def config_cmd(
+    overrides: list[str] | None = OVERRIDES,
+    job: bool = typer.Option(False, "--job", help="print the job settings (ray.*, mlflow.*) instead"),
+) -> None:
+    """Print the resolved model config (or, with --job, the job settings) as JSON."""
+    from dinowm_core.config import ConfigError
+    from ray_jobs.job_config import load_run_config
+
+    try:
+        cfg, job_cfg = load_run_config(overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(job_cfg.model_dump_json(indent=2) if job else cfg.to_json())
 
 
 @app.command("model")
@@ -91,17 +102,6 @@ def quickstart_cmd(
         _fail(str(e))
 
 
-# Evaluation keys accepted without the "eval." prefix: `dinowm plan CKPT n_evals=50 budget=50 seeds=[0,1,2]`.
-def _eval_overrides(overrides: list[str]) -> list[str]:
-    from dinowm_core.config import EvalConfig
-
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"eval.{key}={value}" if sep and key.strip() in EvalConfig.model_fields else item)
-    return out
-
-
 @app.command("plan")
 def plan_cmd(
     ckpt: str = typer.Argument(..., help="checkpoint directory"),
@@ -114,43 +114,16 @@ def plan_cmd(
     out: str | None = typer.Option(None, "--out", "-o", help="output dir (default output_dir/plan/<time>)"),
 ) -> None:
     """Evaluate planning with a checkpoint: success rate (95% CI), distances, videos, results.json."""
-    import time
-    from pathlib import Path
-
     from dinowm_core.config import ConfigError
-    from dinowm_core.evaluation.loop import check_model_env, evaluate
-    from dinowm_core.planning.plan_config import plan_config
-    from dinowm_core.training.checkpoint import CheckpointError, load_config_from_checkpoint, load_world_model
+    from dinowm_core.training.checkpoint import CheckpointError
+    from ray_jobs.evaluate import plan_checkpoint, summary_line
 
     try:
-        cfg = plan_config(load_config_from_checkpoint(ckpt), _eval_overrides(overrides or []))
-        check_model_env(cfg, load_config_from_checkpoint(ckpt))
-    except (ConfigError, CheckpointError, ValueError) as e:
-        _fail(str(e))
-    out_dir = Path(
-        out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{Path(ckpt).name}"
-    )
-    try:
-        if use_ray:
-            from ray_jobs import evaluate as ray_eval
-
-            ray_eval.init_ray(cfg)
-            result = ray_eval.evaluate_on_ray(ckpt, cfg, planner="actor" if planner_actor else "local",
-                                              out_dir=out_dir)  # fmt: skip
-        else:
-            result = evaluate(load_world_model(ckpt), cfg, out_dir=out_dir)
+        result, _, out_dir = plan_checkpoint(ckpt, overrides or [], use_ray=use_ray, planner_actor=planner_actor,
+                                             out=out)  # fmt: skip
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    from ray_jobs.evaluate import log_to_mlflow
-
-    log_to_mlflow(result, cfg, out_dir, ckpt)
-    summary = result.summary()
-    if json_out:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        lo, hi = summary["success_ci95"]
-        typer.echo(f"{result.protocol['policy']}: success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) "
-                   f"over {summary['n']} episodes; {result.protocol['label']}; results in {out_dir}")  # fmt: skip
+    typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else summary_line(result, out_dir))
 
 
 if __name__ == "__main__":

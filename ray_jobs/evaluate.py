@@ -10,20 +10,28 @@ Glue around :func:`dinowm_core.evaluation.loop.run_evaluation`:
   take the actor's place behind the same three calls.
 
 Per-episode results equal the in-process evaluation's for the same seeds (the planners draw one random
-stream per episode). Usable with ``ray job submit -- python -m ray_jobs.evaluate CKPT env=wall ...``.
+stream per episode).
+
+:func:`plan_checkpoint` is the whole of ``dinowm plan`` (config, evaluation, MLflow record), and
+``python -m ray_jobs.evaluate CKPT [--planner-actor] [--out DIR] [--json] key=value ...`` runs it on Ray without
+the CLI, e.g. as ``ray job submit -- python -m ray_jobs.evaluate CKPT env=wall n_evals=50``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from dinowm_core.config import Config
+from dinowm_core.config import Config, EvalConfig
 from dinowm_core.evaluation.episodes import EpisodeGroup
 from dinowm_core.evaluation.loop import Episodes, run_evaluation
 from dinowm_core.evaluation.report import EvalResult
@@ -217,55 +225,89 @@ def _load(ckpt: str | Path) -> Any:
     return load_world_model(ckpt)
 
 
-def log_to_mlflow(result: EvalResult, cfg: Config, out_dir: Path, ckpt: str | None) -> str:
-    """Record an evaluation as an MLflow run (same store as training: ``mlflow.tracking_uri``,
-    ``$MLFLOW_TRACKING_URI`` or the embedded sqlite store under ``output_dir``): the protocol as params,
-    the aggregated metrics, ``results.json`` and the videos. Returns the run id."""
+# ---- the `dinowm plan` job ---------------------------------------------------------------------------------
+
+
+def eval_shortcuts(overrides: list[str]) -> list[str]:
+    """Evaluation keys accepted without the ``eval.`` prefix: ``n_evals=50 budget=50 seeds=[0,1,2]``."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        out.append(f"eval.{key}={value}" if sep and key.strip() in EvalConfig.model_fields else item)
+    return out
+
+
+def plan_checkpoint(
+    ckpt: str,
+    overrides: list[str],
+    *,
+    use_ray: bool = True,
+    planner_actor: bool = False,
+    out: str | Path | None = None,
+) -> tuple[EvalResult, Config, Path]:
+    """Evaluate planning with a checkpoint and record it in MLflow -> (result, resolved config, output dir).
+
+    ``overrides``: model keys on top of the checkpoint's config and the env's planning preset
+    (``dinowm_core.presets.plan_config``), evaluation keys with or without ``eval.``, and job keys (``ray.*``,
+    ``mlflow.*``). ``use_ray``: episodes in env actors (``planner_actor``: the model in a planner actor) or
+    in-process. Raises ``ConfigError`` / ``CheckpointError`` / ``ValueError`` / ``FileNotFoundError`` with a
+    message for the user.
+    """
+    from dinowm_core.evaluation.loop import check_model_env, evaluate
+    from dinowm_core.presets import plan_config
+    from dinowm_core.training.checkpoint import load_config_from_checkpoint, load_world_model
     from ray_jobs import tracking
+    from ray_jobs.cluster import connect
+    from ray_jobs.job_config import load_job_config, split_job_overrides
 
-    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, cfg.output_dir)
-    tracker = tracking.RunTracker(
-        uri, cfg.mlflow.experiment, tracking.default_artifact_location(uri, cfg.output_dir)
+    core, job_overrides = split_job_overrides(overrides)
+    job = load_job_config(job_overrides)
+    trained = load_config_from_checkpoint(ckpt)
+    cfg = plan_config(trained, eval_shortcuts(core))
+    check_model_env(cfg, trained)
+    out_dir = Path(
+        out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{Path(ckpt).name}"
     )
-    protocol = {k: v for k, v in result.protocol.items() if not isinstance(v, dict | list)}
-    run_name = f"plan-{result.protocol['policy']}-{cfg.env.name}"
-    tags = {
-        "dinowm.kind": "evaluation",
-        "env": cfg.env.name,
-        "checkpoint": str(ckpt),
-        "git_commit": tracking.git_commit(),
-    }
-    run_id = tracker.start(
-        run_name, {"eval": protocol, "seeds": cfg.eval.seeds, "checkpoint": str(ckpt)}, tags
-    )
-    try:
-        client = tracker.client
-        for key, value in result.flat_metrics("plan").items():
-            client.log_metric(run_id, key, float(value))
-        client.log_artifact(run_id, str(Path(out_dir) / "results.json"))
-        if (Path(out_dir) / "videos").is_dir():
-            client.log_artifacts(run_id, str(Path(out_dir) / "videos"), artifact_path="videos")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return run_id
-
-
-def init_ray(cfg: Config) -> None:
-    """Connect to ``ray.address`` / ``$RAY_ADDRESS`` (``ray job submit``) or start a small local cluster."""
-    if ray.is_initialized():
-        return
-    import os
-
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.ray.address)
+    if use_ray:
+        connect(job.ray)
+        result = evaluate_on_ray(ckpt, cfg, planner="actor" if planner_actor else "local", out_dir=out_dir)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), object_store_memory=500 * 1024**2,
-                 include_dashboard=False)  # fmt: skip
+        result = evaluate(load_world_model(ckpt), cfg, out_dir=out_dir)
+    tracking.log_evaluation(result, cfg, job.mlflow, out_dir, ckpt)
+    return result, cfg, out_dir
+
+
+def summary_line(result: EvalResult, out_dir: Path) -> str:
+    s = result.summary()
+    lo, hi = s["success_ci95"]
+    return (f"{result.protocol['policy']}: success {s['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) over "
+            f"{s['n']} episodes; {result.protocol['label']}; results in {out_dir}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ray_jobs.evaluate CKPT key=value ...``: ``dinowm plan --ray`` for ``ray job submit``."""
+    from dinowm_core.config import ConfigError
+    from dinowm_core.training.checkpoint import CheckpointError
+
+    ap = argparse.ArgumentParser(
+        description="Evaluate planning with a checkpoint, episodes in Ray env actors."
+    )
+    ap.add_argument("ckpt", help="checkpoint directory")
+    ap.add_argument("overrides", nargs="*", help="config overrides: env=wall n_evals=50 ray.address=auto ...")
+    ap.add_argument("--planner-actor", action="store_true", help="the model in a planner actor")
+    ap.add_argument("--out", "-o", default=None, help="output dir (default output_dir/plan/<time>)")
+    ap.add_argument("--json", action="store_true", help="print the results JSON to stdout")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result, _, out_dir = plan_checkpoint(args.ckpt, args.overrides, planner_actor=args.planner_actor,
+                                             out=args.out)  # fmt: skip
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2) if args.json else summary_line(result, out_dir))
+    return 0
 
 
 if __name__ == "__main__":
-    from ray_jobs.cli import app
-
-    app(["plan", "--ray", *__import__("sys").argv[1:]])
+    sys.exit(main())

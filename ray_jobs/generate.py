@@ -15,6 +15,8 @@ from pathlib import Path
 
 from dinowm_core.data.generate import GenerationSpec, finalize, generate_shard, prepare
 from dinowm_core.data.writer import ShardInfo
+from ray_jobs.cluster import connect
+from ray_jobs.job_config import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,7 @@ def run(spec: GenerationSpec, out: str | Path, *, address: str | None = None, nu
 
     partial, todo, done = prepare(spec, out)
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=address)
+        connect(RayConfig(address=address))
         task = ray.remote(
             num_cpus=num_cpus, runtime_env={"env_vars": {"LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}}
         )(generate_shard)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--policy", default="random")
     p.add_argument("--episodes-per-shard", type=int, default=0)
-    p.add_argument("--address", default=None, help="Ray address (default: start or join a local cluster)")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local cluster)")
     p.add_argument("--cpus-per-task", type=float, default=1.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -54,19 +54,19 @@ def _say(msg: str = "") -> None:
 
 
 def run(output_dir: str, overrides: list[str], *, quick: bool = False) -> dict:
-    from dinowm_core import load_config
     from dinowm_core.data.generate import generate
     from dinowm_core.data.store import TrajectoryStore
     from dinowm_core.training.checkpoint import load_world_model
-    from ray_jobs import evaluate as ray_eval
+    from ray_jobs import tracking
     from ray_jobs import train as ray_train
-    from ray_jobs.tracking import tracking_uri
+    from ray_jobs.evaluate import evaluate_on_ray
+    from ray_jobs.job_config import load_run_config
 
     size = SIZES["quick" if quick else "full"]
     out = Path(output_dir).resolve()
     data = out / "data"
     t_start = time.perf_counter()
-    cfg = load_config(
+    cfg, job = load_run_config(
         [
             *MODEL,
             *PLAN,
@@ -93,10 +93,10 @@ def run(output_dir: str, overrides: list[str], *, quick: bool = False) -> dict:
     store = TrajectoryStore(data)
     _say(f"      {store.num_episodes} episodes in {data} ({time.perf_counter() - t0:.1f}s)")
 
-    _say(f"\n[2/3] training on Ray Train: {cfg.ray.num_workers} workers, {size['max_steps']} steps at batch "
+    _say(f"\n[2/3] training on Ray Train: {job.ray.num_workers} workers, {size['max_steps']} steps at batch "
          f"{cfg.training.batch_size}")  # fmt: skip
     t0 = time.perf_counter()
-    outcome = ray_train.run(cfg)
+    outcome = ray_train.run(cfg, job)
     ckpt = outcome.checkpoint
     if ckpt is None:
         raise RuntimeError("training finished without a checkpoint")
@@ -112,8 +112,8 @@ def run(output_dir: str, overrides: list[str], *, quick: bool = False) -> dict:
         pcfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"policy": policy})})
         t0 = time.perf_counter()
         out_dir = out / "plan" / policy
-        res = ray_eval.evaluate_on_ray(ckpt, pcfg, wm=wm, out_dir=out_dir)
-        run_id = ray_eval.log_to_mlflow(res, pcfg, out_dir, ckpt)
+        res = evaluate_on_ray(ckpt, pcfg, wm=wm, out_dir=out_dir)
+        run_id = tracking.log_evaluation(res, pcfg, job.mlflow, out_dir, ckpt)
         s = res.summary()
         lo, hi = s["success_ci95"]
         name = res.protocol["policy"]
@@ -121,7 +121,7 @@ def run(output_dir: str, overrides: list[str], *, quick: bool = False) -> dict:
         _say(f"      {name:<8} success {s['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}), mean final distance "
              f"{s['mean_distance']:.1f} px  [{time.perf_counter() - t0:.0f}s, MLflow run {run_id[:8]}]")  # fmt: skip
 
-    uri = tracking_uri(cfg.mlflow.tracking_uri, cfg.output_dir)
+    uri = tracking.tracking_uri(job.mlflow.tracking_uri, cfg.output_dir)
     _say(f"\ndone in {time.perf_counter() - t_start:.0f}s. Outputs in {out}:")
     _say(f"  checkpoint   {ckpt}")
     _say(f"  videos       {out / 'plan' / 'planner' / 'videos'}  (real | imagined | goal)")

@@ -1,6 +1,7 @@
-"""MLflow glue for training runs: where runs are stored, what each run records, and model resolution.
+"""MLflow glue (the only module that writes to MLflow): where runs are stored, what each training and
+evaluation run records, and model resolution.
 
-Storage: ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else an embedded sqlite store at
+Storage: ``mlflow.tracking_uri`` (a job setting, ``ray_jobs.job_config``) if set, else ``$MLFLOW_TRACKING_URI``, else an embedded sqlite store at
 ``<output_dir>/mlflow/mlflow.db`` whose experiment keeps artifacts in ``<output_dir>/mlflow/artifacts`` (an explicit
 location: MLflow would otherwise write ``./mlruns`` relative to the working directory).
 
@@ -8,6 +9,7 @@ A training run is opened by the driver (:class:`RunTracker`: params = the flatte
 commit, env, dataset manifest hash, run name), written to by rank 0 only (:class:`WorkerLogger`: per-step and
 per-epoch metrics, image grids, rollout videos, the final checkpoint directory under ``checkpoint/``) and closed
 by the driver as FINISHED / FAILED / KILLED, registering a model version whose source is that checkpoint.
+An evaluation is one run of its own (:func:`log_evaluation`: protocol params, aggregated metrics, results, videos).
 :func:`resolve_checkpoint` turns ``models:/name/version``, ``models:/name@alias``, ``name`` (latest) or
 ``runs:/id/checkpoint`` back into a local directory that ``dinowm_core.load_world_model`` reads.
 
@@ -25,7 +27,12 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dinowm_core.config import Config
+    from dinowm_core.evaluation.report import EvalResult
+    from ray_jobs.job_config import MlflowConfig
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +177,43 @@ class WorkerLogger:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def open_tracker(mlflow_cfg: MlflowConfig, output_dir: str | os.PathLike) -> RunTracker:
+    """A :class:`RunTracker` on the configured store and experiment (see the module docstring)."""
+    uri = tracking_uri(mlflow_cfg.tracking_uri, output_dir)
+    return RunTracker(uri, mlflow_cfg.experiment, default_artifact_location(uri, output_dir))
+
+
+def log_evaluation(
+    result: EvalResult, cfg: Config, mlflow_cfg: MlflowConfig, out_dir: str | os.PathLike, ckpt: str | None
+) -> str:
+    """Record an evaluation as an MLflow run in the training runs' store: the protocol as params, the aggregated
+    metrics, ``results.json`` and the videos. Returns the run id."""
+    tracker = open_tracker(mlflow_cfg, cfg.output_dir)
+    protocol = {k: v for k, v in result.protocol.items() if not isinstance(v, dict | list)}
+    tags = {
+        "dinowm.kind": "evaluation",
+        "env": cfg.env.name,
+        "checkpoint": str(ckpt),
+        "git_commit": git_commit(),
+    }
+    run_name = f"plan-{result.protocol['policy']}-{cfg.env.name}"
+    run_id = tracker.start(
+        run_name, {"eval": protocol, "seeds": cfg.eval.seeds, "checkpoint": str(ckpt)}, tags
+    )
+    try:
+        client = tracker.client
+        for key, value in result.flat_metrics("plan").items():
+            client.log_metric(run_id, key, float(value))
+        client.log_artifact(run_id, str(Path(out_dir) / "results.json"))
+        if (Path(out_dir) / "videos").is_dir():
+            client.log_artifacts(run_id, str(Path(out_dir) / "videos"), artifact_path="videos")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return run_id
 
 
 # ---- reading runs and models back -------------------------------------------------------------------------

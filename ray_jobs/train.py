@@ -13,8 +13,8 @@ manifest vs env and image size, batch divisibility, GPUs: ``ray_jobs.train_prefl
 Every run gets a unique name (``<env>-<time>-<hex>``): Ray Train resumes on ``RunConfig(name, storage_path)``, so
 reusing a name would silently continue an old run; ``resume=`` is the explicit way to do that.
 
-Test-only fault injection: ``DINOWM_TEST_FAIL_AT_STEP=<step>[:raise|:kill]`` in the driver's environment makes
-rank 0 raise (or SIGKILL itself) once, when it reaches that global step, to exercise ``FailureConfig``.
+``ray.*`` and ``mlflow.*`` keys are job settings (``ray_jobs.job_config``), not part of the model's config: the
+checkpoint leaves them out, the MLflow run records them as params next to the model's.
 """
 
 from __future__ import annotations
@@ -24,49 +24,19 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dinowm_core.config import Config, ConfigError, load_config
+from dinowm_core.config import Config, ConfigError
 from ray_jobs import tracking
+from ray_jobs.cluster import connect
+from ray_jobs.job_config import JobConfig, load_run_config
 from ray_jobs.train_preflight import RUN_INFO, PreflightError, RunPlan, check_gpus, plan_run, preflight
-from ray_jobs.train_worker import FAULT_ENV, staging_root, train_loop
+from ray_jobs.train_worker import MetricCallback, staging_root, train_loop
 
 log = logging.getLogger(__name__)
-
-
-def _fault_spec(plan: RunPlan) -> dict[str, Any] | None:
-    text = os.environ.get(FAULT_ENV)
-    if not text:
-        return None
-    step, _, mode = text.partition(":")
-    base = (
-        Path(plan.storage_path) / plan.name if "://" not in plan.storage_path else Path(tempfile.gettempdir())
-    )
-    marker = base / f".dinowm-test-fault-{plan.name}-{step}"
-    return {"step": int(step), "mode": mode or "raise", "marker": str(marker)}
-
-
-def connect(cfg: Config) -> None:
-    """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS``, else start a small embedded one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address if cfg.ray.address else "auto")
-        return
-    needed = max(cfg.ray.num_workers, 1) * cfg.ray.cpus_per_worker
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
-        object_store_memory=256 * 1024**2,  # Train moves checkpoints through storage, not the object store
-        include_dashboard=True,  # without it Train logs "State API may be temporarily unavailable" every second
-        dashboard_host="127.0.0.1",
-        _temp_dir=os.environ.get("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "dwm-ray")),
-    )
 
 
 @dataclass
@@ -79,11 +49,8 @@ class TrainOutcome:
     model_version: str | None
 
 
-def _open_tracking(cfg: Config, plan: RunPlan, manifest: dict[str, Any]) -> tracking.RunTracker:
-    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, cfg.output_dir)
-    tracker = tracking.RunTracker(
-        uri, cfg.mlflow.experiment, tracking.default_artifact_location(uri, cfg.output_dir)
-    )
+def _open_tracking(cfg: Config, job: JobConfig, plan: RunPlan) -> tracking.RunTracker:
+    tracker = tracking.open_tracker(job.mlflow, cfg.output_dir)
     info_file = Path(plan.storage_path) / plan.name / RUN_INFO
     if plan.continues and info_file.is_file():
         tracker.reopen(json.loads(info_file.read_text())["mlflow_run_id"])
@@ -95,24 +62,38 @@ def _open_tracking(cfg: Config, plan: RunPlan, manifest: dict[str, Any]) -> trac
         "dataset_path": str(cfg.data.path),
         "ray.run_dir": f"{plan.storage_path}/{plan.name}",
     }
-    tracker.start(plan.name, json.loads(cfg.model_dump_json()), tags)
+    # The run records where it ran too: the model's config and the job settings (ray.*, mlflow.*) as params.
+    tracker.start(plan.name, {**json.loads(cfg.model_dump_json()), **json.loads(job.model_dump_json())}, tags)
     if "://" not in plan.storage_path:
         info_file.parent.mkdir(parents=True, exist_ok=True)
-        info_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+        info_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
     return tracker
 
 
-def run(cfg: Config, *, resume: str | None = None, run_name: str | None = None) -> TrainOutcome:
-    """Check, then train ``cfg`` on Ray Train; raises :class:`PreflightError` before any worker starts."""
+def run(
+    cfg: Config,
+    job: JobConfig | None = None,
+    *,
+    resume: str | None = None,
+    run_name: str | None = None,
+    metric_callbacks: Sequence[MetricCallback] = (),
+) -> TrainOutcome:
+    """Check, then train ``cfg`` on Ray Train with the job settings ``job`` (default: ``conf/job.yaml``'s).
+
+    Raises :class:`PreflightError` before any worker starts. ``metric_callbacks`` run on rank 0 with every
+    metrics row it logs, ``callback(metrics, step)`` (see :class:`~ray_jobs.train_worker.RayTrainHooks`); they
+    travel to the workers pickled, so they must be importable there.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    manifest = preflight(cfg)
-    plan = plan_run(cfg, resume, run_name)
-    connect(cfg)
-    check_gpus(cfg)
-    tracker = _open_tracking(cfg, plan, manifest)
-    r = cfg.ray
+    job = job or JobConfig()
+    r = job.ray
+    preflight(cfg, r)
+    plan = plan_run(cfg, r, resume, run_name)
+    connect(r)
+    check_gpus(r)
+    tracker = _open_tracking(cfg, job, plan)
     spec = {
         "config": cfg.to_json(),
         "run_name": plan.name,
@@ -122,7 +103,7 @@ def run(cfg: Config, *, resume: str | None = None, run_name: str | None = None) 
         "resume_checkpoint": plan.resume_checkpoint,
         "tracking_uri": tracker.uri,
         "mlflow_run_id": tracker.run_id,
-        "fault": _fault_spec(plan),
+        "metric_callbacks": list(metric_callbacks),
     }
     trainer = TorchTrainer(
         train_loop,
@@ -152,8 +133,8 @@ def run(cfg: Config, *, resume: str | None = None, run_name: str | None = None) 
         tracker.end("FAILED")
         raise
     version = None
-    if cfg.mlflow.register_model and tracker.has_checkpoint():
-        version = tracker.register(cfg.mlflow.register_model)
+    if job.mlflow.register_model and tracker.has_checkpoint():
+        version = tracker.register(job.mlflow.register_model)
     tracker.end("FINISHED")
     return TrainOutcome(
         run_name=plan.name,
@@ -191,7 +172,7 @@ def _persist_local_checkpoint(path: str | None, plan: RunPlan) -> str | None:
 
 
 def split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Config overrides vs the run options ``resume=`` and ``run_name=`` (not config keys)."""
+    """Config overrides (the model's and the job's) vs the run options ``resume=`` and ``run_name=``."""
     options, overrides = {}, []
     for item in args:
         key, sep, value = item.partition("=")
@@ -206,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides, options = split_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_config(overrides)
-        outcome = run(cfg, resume=options.get("resume"), run_name=options.get("run_name"))
+        cfg, job = load_run_config(overrides)
+        outcome = run(cfg, job, resume=options.get("resume"), run_name=options.get("run_name"))
     except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from typing import Any
 from dinowm_core.config import Config
 from dinowm_core.data.store import DatasetError, read_manifest
 from dinowm_core.data.windows import check_compatible
+from ray_jobs.job_config import RayConfig
 
 RUN_INFO = "dinowm_run.json"  # next to Ray's run state: which MLflow run a Train run writes to
 
@@ -24,9 +25,9 @@ class PreflightError(ValueError):
     """A problem found in the driver before any worker starts."""
 
 
-def preflight(cfg: Config) -> dict[str, Any]:
+def preflight(cfg: Config, r: RayConfig) -> dict[str, Any]:
     """Check the dataset (env, dims, image size: ``check_compatible``) and the topology; returns the manifest."""
-    r, t = cfg.ray, cfg.training
+    t = cfg.training
     if not cfg.data.path:
         raise PreflightError("data.path is not set (pass data.path=<dataset dir>)")
     if not Path(cfg.data.path).is_dir():
@@ -48,15 +49,15 @@ def preflight(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
-def check_gpus(cfg: Config) -> None:
+def check_gpus(r: RayConfig) -> None:
     """With ``ray.use_gpu``, the connected cluster must have a GPU per worker."""
     import ray
 
-    if cfg.ray.use_gpu:
+    if r.use_gpu:
         have = ray.cluster_resources().get("GPU", 0)
-        if have < max(cfg.ray.num_workers, 1):
+        if have < max(r.num_workers, 1):
             raise PreflightError(
-                f"ray.use_gpu=true needs {max(cfg.ray.num_workers, 1)} GPUs; the cluster has {have:g}"
+                f"ray.use_gpu=true needs {max(r.num_workers, 1)} GPUs; the cluster has {have:g}"
             )
 
 
@@ -67,8 +68,8 @@ def new_run_name(cfg: Config) -> str:
     return f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def storage_root(cfg: Config) -> str:
-    path = cfg.ray.storage_path or str(Path(cfg.output_dir) / "ray_results")
+def storage_root(cfg: Config, r: RayConfig) -> str:
+    path = r.storage_path or str(Path(cfg.output_dir) / "ray_results")
     return path if "://" in path else str(Path(path).resolve())
 
 
@@ -82,9 +83,9 @@ class RunPlan:
     continues: bool = False  # the name is an existing Train run (Ray restores its latest checkpoint)
 
 
-def plan_run(cfg: Config, resume: str | None = None, run_name: str | None = None) -> RunPlan:
+def plan_run(cfg: Config, r: RayConfig, resume: str | None = None, run_name: str | None = None) -> RunPlan:
     """Resolve ``resume=`` (checkpoint dir, run dir or run name) and ``run_name=``; never reuse a name silently."""
-    storage = storage_root(cfg)
+    storage = storage_root(cfg, r)
     local = "://" not in storage
     if resume:
         path = Path(resume)

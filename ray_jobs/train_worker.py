@@ -3,9 +3,6 @@
 ``train_loop`` runs ``dinowm_core.training.loop.fit`` with :class:`RayTrainHooks`: DDP, sharded sampling,
 ``ray.train.report`` and MLflow logging on rank 0. Each rank stages checkpoints and artifacts in a node-local
 directory (:func:`staging_root`), which is removed once the run no longer needs it.
-
-Test-only fault injection: ``DINOWM_TEST_FAIL_AT_STEP=<step>[:raise|:kill]`` in the driver's environment makes
-rank 0 raise (or SIGKILL itself) once, when it reaches that global step, to exercise ``FailureConfig``.
 """
 
 from __future__ import annotations
@@ -15,9 +12,9 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,8 @@ from ray_jobs import tracking
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "DINOWM_TEST_FAIL_AT_STEP"
+#: ``callback(metrics, step)``: called on rank 0 with every metrics row it logs (``ray_jobs.train.run``)
+MetricCallback = Callable[[dict[str, float], int], None]
 # Rank 0 records each checkpoint once ray.train.report has uploaded it. Ray commits a report only when its
 # controller next polls the workers (every ~2 s), so a worker SIGKILLed right after reporting loses that
 # checkpoint from Ray's view although it is complete on storage; the record lets a restart use it anyway.
@@ -79,7 +77,12 @@ def _match_grad_strides(module: nn.Module) -> None:
 
 
 class RayTrainHooks(TrainHooks):
-    """Hooks for one Ray Train worker: DDP, sharded sampling, ``ray.train.report``, MLflow on rank 0."""
+    """Hooks for one Ray Train worker: DDP, sharded sampling, ``ray.train.report``, MLflow on rank 0.
+
+    ``spec["metric_callbacks"]`` (:data:`MetricCallback`) see every metrics row rank 0 logs, after MLflow has it:
+    per-step training rows every ``training.log_every_steps`` and the validation rows. A callback that raises
+    fails the worker like any training error (``ray.max_failures`` restarts it from the last checkpoint).
+    """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import ray.train
@@ -88,7 +91,7 @@ class RayTrainHooks(TrainHooks):
         device = self._device(spec["use_gpu"])
         run_dir = staging_root(spec["run_name"]) / f"rank{self.world_rank}"
         super().__init__(device=device, resume_from=spec.get("resume_checkpoint"), run_dir=run_dir)
-        self._fault = spec.get("fault")
+        self._callbacks: list[MetricCallback] = list(spec.get("metric_callbacks") or [])
         storage = spec.get("storage_path") or ""
         self._train_dir = Path(storage) / spec["run_name"] if storage and "://" not in storage else None
         self._logged_at: tuple[int, set[str]] = (-1, set())  # keys log_metrics wrote at the latest step
@@ -232,22 +235,12 @@ class RayTrainHooks(TrainHooks):
             self._logger.log_metrics(metrics, step)
             seen = self._logged_at[1] if self._logged_at[0] == step else set()
             self._logged_at = (step, seen | set(metrics))
-        self._maybe_fail(step)
+        for callback in self._callbacks:
+            callback(metrics, step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._logger is not None:
             self._logger.log_artifact(path, artifact_path)
-
-    def _maybe_fail(self, step: int) -> None:
-        """Test-only fault injection (see the module docstring); fires once per run."""
-        fault = self._fault
-        if not fault or step != fault["step"] or os.path.exists(fault["marker"]):
-            return
-        Path(fault["marker"]).touch()
-        log.warning("test fault injection at step %d: %s", step, fault["mode"])
-        if fault["mode"] == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"test fault injected at step {step} ({FAULT_ENV})")
 
 
 def _worker_logging() -> None:

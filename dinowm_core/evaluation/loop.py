@@ -46,7 +46,7 @@ from dinowm_core.evaluation.policy import Policy
 from dinowm_core.evaluation.records import EpisodeOutcome
 from dinowm_core.evaluation.report import EvalResult, goal_distances, protocol
 from dinowm_core.evaluation.video import write_episode_video
-from dinowm_core.planning.plan_config import resolve_goal_H
+from dinowm_core.presets import resolve_goal_H
 
 log = logging.getLogger(__name__)
 

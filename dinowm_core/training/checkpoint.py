@@ -166,19 +166,42 @@ def load_config_from_checkpoint(path: str | os.PathLike) -> Config:
         raise CheckpointError(f"{file}: {e}") from None
 
 
+# Top-level sections that checkpoints written before the job settings left the model config still carry: where
+# the run ran (Ray) and was tracked (MLflow). They never affect the model, so loading drops them.
+LEGACY_SECTIONS = ("ray", "mlflow")
+
+
 def _drop_legacy_keys(text: str, file: Path) -> str:
-    """Checkpoints written before ``planner.mpc.max_iter`` was removed carry ``max_iter: null`` (the key was
-    never read); drop that one value so they still load. Any other value stays and fails as an unknown key."""
+    """Drop what older checkpoints recorded and today's config no longer has, so they still load:
+
+    * the ``ray`` and ``mlflow`` sections (job settings, now ``ray_jobs.job_config``);
+    * ``planner.mpc.max_iter: null`` (the key was never read). Any other ``max_iter`` value stays and fails as
+      an unknown key.
+
+    Only a checkpoint's config goes through here: a user's ``ray.x=...`` to a model-config API stays an
+    unknown key.
+    """
     try:
         data = json.loads(text)
-        mpc = data["planner"]["mpc"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return text  # not the legacy shape: let the config validation report what is wrong
-    if not isinstance(mpc, dict) or "max_iter" not in mpc or mpc["max_iter"] is not None:
+    except json.JSONDecodeError:
+        return text  # let the config validation report what is wrong
+    if not isinstance(data, dict):
         return text
-    del mpc["max_iter"]
-    log.info("%s: dropped the legacy planner.mpc.max_iter=null (removed; eval.budget bounds episodes)", file)
-    return json.dumps(data)
+    dropped = [key for key in LEGACY_SECTIONS if key in data]
+    for key in dropped:
+        del data[key]
+    if dropped:
+        log.debug("%s: dropped the legacy job sections %s (not part of the model config)", file, dropped)
+    changed = bool(dropped)
+    planner = data.get("planner")
+    mpc = planner.get("mpc") if isinstance(planner, dict) else None
+    if isinstance(mpc, dict) and "max_iter" in mpc and mpc["max_iter"] is None:
+        del mpc["max_iter"]
+        log.info(
+            "%s: dropped the legacy planner.mpc.max_iter=null (removed; eval.budget bounds episodes)", file
+        )
+        changed = True
+    return json.dumps(data) if changed else text
 
 
 def load_world_model(

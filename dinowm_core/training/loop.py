@@ -31,11 +31,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from dinowm_core.config import Config, load_config
+from dinowm_core.config import Config
 from dinowm_core.data.store import DatasetError
 from dinowm_core.data.windows import build_datasets
 from dinowm_core.models.build import build_world_model
 from dinowm_core.models.world_model import WorldModel
+from dinowm_core.presets import load_config
 from dinowm_core.training import artifacts
 from dinowm_core.training.checkpoint import load_train_state, load_world_model, save_world_model
 from dinowm_core.training.data import CachedWindows, SkipSampler, open_feature_cache, split_batch, to_device

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from dinowm_core.config import Config, ConfigError, apply_overrides, list_presets, load_config
+from dinowm_core.config import Config, ConfigError
+from dinowm_core.presets import apply_overrides, list_presets, load_config
 
 
 def test_reference_defaults():
@@ -53,6 +54,9 @@ def test_hydra_style_overrides_and_groups():
         ("env=nowhere", "env=nowhere: no such preset"),
         ("justakey", "expected key=value"),
         ("encoder.pretrained=true", "encoder.pretrained: no pretrained weights exist"),
+        # Job settings are not model keys: ray_jobs.job_config takes them, the model config refuses them.
+        ("ray.num_workers=2", "ray: unknown key"),
+        ("mlflow.experiment=x", "mlflow: unknown key"),
     ],
 )
 def test_bad_input_names_the_key(override, needle):
@@ -63,7 +67,7 @@ def test_bad_input_names_the_key(override, needle):
 
 
 def test_json_round_trip_is_lossless():
-    cfg = load_config(["env=pusht", "encoder=dino_tiny", "planner=gd", "data.path=/x/y", "ray.num_workers=4"])
+    cfg = load_config(["env=pusht", "encoder=dino_tiny", "planner=gd", "data.path=/x/y", "eval.seeds=[1,2]"])
     again = Config.from_json(cfg.to_json())
     assert again == cfg
     assert json.loads(again.to_json()) == json.loads(cfg.to_json())

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dinowm_core.config import load_config
 from dinowm_core.data.normalization import Normalizer
 from dinowm_core.data.store import DatasetError, TrajectoryStore
 from dinowm_core.data.windows import (
@@ -18,6 +17,7 @@ from dinowm_core.data.windows import (
     frames_to_tensor,
     split_episodes,
 )
+from dinowm_core.presets import load_config
 
 
 def test_window_shapes_and_frameskip_grouping(make_store):

@@ -134,7 +134,7 @@ def test_a_checkpoint_written_before_the_change_evaluates_the_same(tmp_path):
     """The v1 checkpoint, evaluated in-process on Wall, gives the same per-episode metrics as then."""
     from dinowm_core.data.generate import generate
     from dinowm_core.evaluation.loop import evaluate
-    from dinowm_core.planning.plan_config import plan_config
+    from dinowm_core.presets import plan_config
     from dinowm_core.training.checkpoint import load_config_from_checkpoint
 
     torch.set_num_threads(2)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dinowm_core import load_config
 from dinowm_core.config import ConfigError
-from dinowm_core.planning.plan_config import plan_config, preset_overrides
+from dinowm_core.presets import plan_config, preset_overrides
 from ray_jobs.cli import app
 from tests.evaluation.eval_helpers import EVAL_TINY, make_wall_dataset, tiny_cfg, tiny_checkpoint, tiny_wm
 
@@ -49,7 +49,7 @@ def test_every_env_has_a_valid_preset(env):
 
 
 def test_command_line_wins_over_the_preset_and_is_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="dinowm_core.planning.plan_config"):
+    with caplog.at_level(logging.INFO, logger="dinowm_core.presets"):
         cfg = plan_config(_ckpt_cfg("point_maze"), ["planner.objective.alpha=1", "planner=cem"])
     # the user's alpha wins; a planner group selection does not wipe the preset's opt_steps
     assert (

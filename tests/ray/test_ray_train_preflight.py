@@ -21,6 +21,8 @@ def _run(args, capsys):
     [
         (["training.batch_sise=8"], None, "training.batch_sise: unknown key"),
         (["ray.num_workers=-1"], None, "ray.num_workers"),
+        (["ray.num_wrkers=2"], None, "ray.num_wrkers: unknown key"),
+        (["mlflow.experimnt=x"], None, "mlflow.experimnt: unknown key"),
         (["ray.num_workers=3"], None, "training.batch_size=8 is not divisible by ray.num_workers=3"),
         (["img_size=128"], None, "dataset frames are 64 px, config img_size is 128"),
         (["env=point_maze"], None, "dataset is for env 'wall', config env.name is 'point_maze'"),
@@ -50,3 +52,23 @@ def test_reusing_a_run_name_needs_resume(wall_dataset, tmp_path, capsys):
 def test_unknown_resume_target(wall_dataset, tmp_path, capsys):
     code, err = _run([*train_overrides(wall_dataset, tmp_path), "resume=wall-nope"], capsys)
     assert code == 2 and "resume=wall-nope" in err
+
+
+def test_job_keys_are_split_from_the_model_keys():
+    from ray_jobs.job_config import load_run_config, split_job_overrides
+
+    line = [
+        "env=wall",
+        "ray.num_workers=2",
+        "data.path=/d",
+        "mlflow.experiment=x",
+        "rayon=1",
+        "ray.use_gpu=false",
+    ]
+    core, job = split_job_overrides(line)
+    assert core == ["env=wall", "data.path=/d", "rayon=1"]
+    assert job == ["ray.num_workers=2", "mlflow.experiment=x", "ray.use_gpu=false"]
+    cfg, job_cfg = load_run_config(["encoder.pretrained=false", *line[:4]])
+    assert cfg.data.path == "/d" and not {"ray", "mlflow"} & set(cfg.model_dump())
+    assert (job_cfg.ray.num_workers, job_cfg.mlflow.experiment) == (2, "x")
+    assert job_cfg.mlflow.register_model == "dinowm-world-model"  # conf/job.yaml's default

@@ -16,13 +16,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, wall_dataset, tmp_path_factory):
-    from dinowm_core import load_config
     from ray_jobs import train
+    from ray_jobs.job_config import load_run_config
 
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(train_overrides(wall_dataset, out, "training.epochs=4", "training.val_at_start=true",
-                                      "ray.num_workers=2"))  # fmt: skip
-    return train.run(cfg), out
+    cfg, job = load_run_config(train_overrides(wall_dataset, out, "training.epochs=4",
+                                               "training.val_at_start=true", "ray.num_workers=2"))  # fmt: skip
+    return train.run(cfg, job), out
 
 
 def _client(out: Path):
@@ -83,6 +83,9 @@ def test_mlflow_run_record(trained):
     assert any(p.endswith("_reconstruction.png") for p in images), images
     ckpt = {Path(f.path).name for f in client.list_artifacts(outcome.mlflow_run_id, "checkpoint")}
     assert {"config.json", "model.safetensors", "train_state.pt"} <= ckpt
+    # The run records where it ran (params above); the checkpoint records the model and its training only.
+    written = json.loads((Path(outcome.checkpoint) / "config.json").read_text())
+    assert not {"ray", "mlflow"} & set(written) and written["training"]["batch_size"] == 8
 
 
 def test_registered_version_resolves_to_loadable_checkpoint(trained, tmp_path):

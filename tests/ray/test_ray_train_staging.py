@@ -17,13 +17,14 @@ pytestmark = pytest.mark.ray
 
 
 def test_local_mode_moves_the_final_checkpoint_into_storage(ray_cluster, wall_dataset, tmp_path):
-    from dinowm_core import load_config, load_world_model
+    from dinowm_core import load_world_model
     from ray_jobs import train
+    from ray_jobs.job_config import load_run_config
     from ray_jobs.train_worker import staging_root
 
-    cfg = load_config(train_overrides(wall_dataset, tmp_path, "training.epochs=2", "ray.num_workers=0",
-                                      "mlflow.register_model=null"))  # fmt: skip
-    outcome = train.run(cfg)
+    cfg, job = load_run_config(train_overrides(wall_dataset, tmp_path, "training.epochs=2", "ray.num_workers=0",
+                                               "mlflow.register_model=null"))  # fmt: skip
+    outcome = train.run(cfg, job)
     root = staging_root(outcome.run_name)
     try:
         checkpoint = Path(outcome.checkpoint)

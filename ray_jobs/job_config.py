@@ -1,0 +1,72 @@
+"""Where a job runs and where it is recorded: the Ray and MLflow settings of ``dinowm train`` / ``plan --ray``.
+
+They describe the cluster, not the model, so they are not part of :class:`dinowm_core.config.Config`: a
+checkpoint's ``config.json`` never holds them, while the MLflow run of a training records them as params
+(``ray.num_workers``, ...). Defaults live in ``conf/job.yaml``; a command line mixes both kinds of keys::
+
+    dinowm train env=wall data.path=data/wall ray.num_workers=2 mlflow.experiment=wall
+
+:func:`load_run_config` splits such a line (:func:`split_job_overrides`: ``ray.*`` and ``mlflow.*`` are job
+keys) and validates both halves before anything starts; an unknown key fails with a message naming it.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dinowm_core.config import Config, ConfigModel
+from dinowm_core.presets import conf_dir, load_config, read_yaml, set_dotted, split_overrides
+
+JOB_SECTIONS = ("ray", "mlflow")
+
+
+class RayConfig(ConfigModel):
+    address: str | None = Field(None, description="None = $RAY_ADDRESS, else an embedded local cluster")
+    num_workers: int = Field(1, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    storage_path: str | None = Field(None, description="None = <output_dir>/ray_results")
+    max_failures: int = Field(0, ge=-1)
+    num_to_keep: int = Field(2, gt=0)
+
+
+class MlflowConfig(ConfigModel):
+    tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or a local sqlite store")
+    experiment: str = "dinowm"
+    register_model: str | None = Field("dinowm-world-model", description="registered model name; None = skip")
+
+
+class JobConfig(ConfigModel):
+    """The job settings of one command: ``conf/job.yaml`` + the ``ray.*`` / ``mlflow.*`` overrides."""
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
+def split_job_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
+    """A command line's overrides -> (model config overrides, job overrides: ``ray.*`` and ``mlflow.*``).
+
+    Order is kept within each half. Anything that is not a job key (including malformed items) goes to the
+    model side, whose parser reports it.
+    """
+    core, job = [], []
+    for item in overrides or []:
+        key, sep, _ = item.partition("=")
+        is_job = sep and key.strip().split(".")[0] in JOB_SECTIONS
+        (job if is_job else core).append(item)
+    return core, job
+
+
+def load_job_config(overrides: list[str] | None = None) -> JobConfig:
+    """``conf/job.yaml`` (if present) + ``ray.*`` / ``mlflow.*`` overrides, validated."""
+    path = conf_dir() / "job.yaml"
+    tree = read_yaml(path) if path.is_file() else {}
+    for key, value in split_overrides(overrides):
+        set_dotted(tree, key, value)
+    return JobConfig.from_dict(tree)
+
+
+def load_run_config(overrides: list[str] | None = None) -> tuple[Config, JobConfig]:
+    """Both configs of a command line; raises :class:`~dinowm_core.config.ConfigError` naming a bad key."""
+    core, job = split_job_overrides(overrides)
+    return load_config(core), load_job_config(job)
