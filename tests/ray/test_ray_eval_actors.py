@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.planning.eval_helpers import tiny_cfg, tiny_checkpoint, tiny_wm
+from tests.evaluation.eval_helpers import tiny_cfg, tiny_checkpoint, tiny_wm
 
 from dinowm_core.evaluation.loop import evaluate
 
