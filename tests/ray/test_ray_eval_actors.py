@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.evaluation.eval_helpers import tiny_cfg, tiny_checkpoint, tiny_wm
 
 from dinowm_core.evaluation.loop import evaluate
+from tests.evaluation.eval_helpers import tiny_cfg, tiny_checkpoint, tiny_wm
 
 pytestmark = pytest.mark.ray
 
