@@ -200,6 +200,7 @@ class Planner:
             state = self.init_state(b, device=z_obs["visual"].device)
         if state.batch_size != b:
             raise ValueError(f"the plan state holds {state.batch_size} episodes but got a batch of {b}")
+        state = state.to(z_obs["visual"].device)  # e.g. a state restored from bytes, planned on a GPU
         problem = PlanProblem(
             self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
             context_actions=state.context_actions(z_obs["visual"].shape[1]), bounds=self.bounds,

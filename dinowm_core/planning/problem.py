@@ -9,7 +9,7 @@ batched scoring and the objective live here once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -76,6 +76,11 @@ class PlanProblem:
                 "cannot infer the action dim: pass action_dim or use a model with an action_encoder"
             )
         self.action_dim = int(a_dim)
+        ctx = self.context_actions
+        if ctx is not None and (ctx.ndim != 3 or ctx.shape[0] != b or ctx.shape[-1] != self.action_dim):
+            raise ValueError(
+                f"context_actions must be (B={b}, n-1, A={self.action_dim}), got {tuple(ctx.shape)}"
+            )
         n_ctx = self.z_obs["visual"].shape[1]
         n_past = 0 if self.context_actions is None else self.context_actions.shape[1]
         if n_past != n_ctx - 1:
@@ -106,11 +111,11 @@ class PlanProblem:
 
     def detached(self) -> PlanProblem:
         """The same problem with latents cut from any graph (gradient-based optimizers differentiate actions)."""
-        return PlanProblem(
-            self.wm, self.rollout, {k: v.detach() for k, v in self.z_obs.items()},
-            {k: v.detach() for k, v in self.z_goal.items()}, self.horizon, self.objective,
-            self.context_actions, self.bounds, self.chunk_size, self.action_dim,
-        )  # fmt: skip
+        return replace(
+            self,
+            z_obs={k: v.detach() for k, v in self.z_obs.items()},
+            z_goal={k: v.detach() for k, v in self.z_goal.items()},
+        )
 
     def loss(self, actions: torch.Tensor, episode: torch.Tensor | None = None) -> torch.Tensor:
         """Objective of M candidate plans: actions (M, H, A), episode (M,) row -> episode index (default: row
