@@ -1,9 +1,10 @@
 """MLflow glue (the only module that writes to MLflow): where runs are stored, what each training and
 evaluation run records, and model resolution.
 
-Storage: ``mlflow.tracking_uri`` (a job setting, ``ray_jobs.job_config``) if set, else ``$MLFLOW_TRACKING_URI``, else an embedded sqlite store at
-``<output_dir>/mlflow/mlflow.db`` whose experiment keeps artifacts in ``<output_dir>/mlflow/artifacts`` (an explicit
-location: MLflow would otherwise write ``./mlruns`` relative to the working directory).
+Storage: ``mlflow.tracking_uri`` (a job setting, ``ray_jobs.job_config``) if set, else ``$MLFLOW_TRACKING_URI``,
+else an embedded sqlite store at ``<output_dir>/mlflow/mlflow.db`` whose experiment keeps artifacts in
+``<output_dir>/mlflow/artifacts`` (an explicit location: MLflow would otherwise write ``./mlruns`` relative to
+the working directory).
 
 A training run is opened by the driver (:class:`RunTracker`: params = the flattened resolved config, tags = git
 commit, env, dataset manifest hash, run name), written to by rank 0 only (:class:`WorkerLogger`: per-step and

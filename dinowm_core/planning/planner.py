@@ -18,6 +18,7 @@ bug 12) and loops until the simulator reports success (``max_iter: null``); here
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -134,8 +135,6 @@ class PlanState:
 
 def _metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors buffer (8-byte little-endian header length, then JSON)."""
-    import json
-
     n = int.from_bytes(data[:8], "little")
     return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
 
