@@ -373,3 +373,41 @@ class Config(ConfigModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+# ---- what makes two configs the same model -----------------------------------------------------------------
+
+# The sections and keys that decide a world model's modules, shapes and the meaning of its weights: a run that
+# continues from a checkpoint must keep them. Everything else (data, training schedule, planner, eval, output)
+# may change between attempts.
+MODEL_KEYS = (
+    "env.name", "env.action_dim", "env.proprio_dim", "env.state_dim", "env.action_scale",
+    "encoder", "predictor", "decoder", "img_size", "frameskip", "num_hist", "num_pred", "concat",
+    "action_emb_dim", "proprio_emb_dim", "num_action_repeat", "num_proprio_repeat", "training.has_decoder",
+)  # fmt: skip
+# Where the encoder's weights are read from, not what they are (the checkpoint keeps their fingerprint).
+_WEIGHT_LOCATION_KEYS = ("encoder.weights", "encoder.allow_download")
+
+
+def _leaves(tree: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}.{key}")
+    return out
+
+
+def model_differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (a's value, b's value)}`` for every :data:`MODEL_KEYS` leaf where ``b`` builds another model."""
+    da, db = a.model_dump(), b.model_dump()
+    out = {}
+    for key in MODEL_KEYS:
+        va, vb = da, db
+        for part in key.split("."):
+            va, vb = va[part], vb[part]
+        left, right = _leaves(va, key), _leaves(vb, key)
+        for leaf in sorted(left.keys() | right.keys()):
+            if leaf not in _WEIGHT_LOCATION_KEYS and left.get(leaf) != right.get(leaf):
+                out[leaf] = (left.get(leaf), right.get(leaf))
+    return out

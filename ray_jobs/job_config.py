@@ -12,6 +12,8 @@ keys) and validates both halves before anything starts; an unknown key fails wit
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 
 from dinowm_core.config import Config, ConfigModel
@@ -57,16 +59,59 @@ def split_job_overrides(overrides: list[str] | None) -> tuple[list[str], list[st
     return core, job
 
 
-def load_job_config(overrides: list[str] | None = None) -> JobConfig:
-    """``conf/job.yaml`` (if present) + ``ray.*`` / ``mlflow.*`` overrides, validated."""
-    path = conf_dir() / "job.yaml"
-    tree = read_yaml(path) if path.is_file() else {}
+def load_job_config(overrides: list[str] | None = None, *, base: JobConfig | None = None) -> JobConfig:
+    """``base`` (default: ``conf/job.yaml``, if present) + ``ray.*`` / ``mlflow.*`` overrides, validated."""
+    if base is not None:
+        tree = base.model_dump()
+    else:
+        path = conf_dir() / "job.yaml"
+        tree = read_yaml(path) if path.is_file() else {}
     for key, value in split_overrides(overrides):
         set_dotted(tree, key, value)
     return JobConfig.from_dict(tree)
 
 
 def load_run_config(overrides: list[str] | None = None) -> tuple[Config, JobConfig]:
-    """Both configs of a command line; raises :class:`~dinowm_core.config.ConfigError` naming a bad key."""
+    """Both configs of a command line, paths made absolute (:func:`resolve_paths`); raises
+    :class:`~dinowm_core.config.ConfigError` naming a bad key."""
     core, job = split_job_overrides(overrides)
-    return load_config(core), load_job_config(job)
+    return resolve_paths(load_config(core), load_job_config(job))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path as the user's shell means it (``~`` expanded, relative to the current directory); URIs
+    (``s3://``, ``http://``) unchanged."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_uri(uri: str | None) -> str | None:
+    # sqlite:///rel/mlflow.db is relative to the process's directory; sqlite:////abs/mlflow.db is absolute.
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + _absolute(uri.removeprefix("sqlite:///"))
+    return uri
+
+
+def resolve_paths(cfg: Config, job: JobConfig) -> tuple[Config, JobConfig]:
+    """Every path a user types, made absolute against the current directory.
+
+    Ray workers run in directories of their own (on another machine, on a real cluster), so a relative
+    ``data.path=data/wall`` would name nothing there. Paths: ``data.path``, ``output_dir``, ``encoder.weights``,
+    ``eval.goal_file``, ``ray.storage_path`` and a relative sqlite ``mlflow.tracking_uri``.
+    """
+    cfg = cfg.model_copy(
+        update={
+            "output_dir": _absolute(cfg.output_dir),
+            "data": cfg.data.model_copy(update={"path": _absolute(cfg.data.path)}),
+            "encoder": cfg.encoder.model_copy(update={"weights": _absolute(cfg.encoder.weights)}),
+            "eval": cfg.eval.model_copy(update={"goal_file": _absolute(cfg.eval.goal_file)}),
+        }
+    )
+    job = job.model_copy(
+        update={
+            "ray": job.ray.model_copy(update={"storage_path": _absolute(job.ray.storage_path)}),
+            "mlflow": job.mlflow.model_copy(update={"tracking_uri": _absolute_uri(job.mlflow.tracking_uri)}),
+        }
+    )
+    return cfg, job

@@ -115,6 +115,7 @@ class RunTracker:
         self.client = _client(uri)
         self.experiment_id = ensure_experiment(self.client, experiment, artifact_location)
         self.run_id: str | None = None
+        self._reopened_from: str | None = None  # the status of a run continued by :meth:`reopen`
 
     def start(self, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str | None]) -> str:
         from mlflow.entities import Param
@@ -132,13 +133,23 @@ class RunTracker:
         return self.run_id
 
     def reopen(self, run_id: str) -> str:
+        """Continue a run (``resume=``). A FINISHED run that then fails again stays FINISHED (see :meth:`end`)."""
+        self._reopened_from = self.client.get_run(run_id).info.status
         self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         return run_id
 
     def end(self, status: str) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+        """Close the run as ``status``; a failed or interrupted attempt to continue a FINISHED run keeps the
+        record FINISHED and notes the attempt in the ``dinowm.failed_attempt`` tag instead."""
+        if self.run_id is None:
+            return
+        if status != "FINISHED" and self._reopened_from == "FINISHED":
+            self.client.set_tag(
+                self.run_id, "dinowm.failed_attempt", f"{status} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            status = "FINISHED"
+        self.client.set_terminated(self.run_id, status=status)
 
     def has_checkpoint(self) -> bool:
         names = {f.path for f in self.client.list_artifacts(self.run_id, CHECKPOINT_ARTIFACT)}

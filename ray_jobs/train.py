@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,17 @@ from typing import Any
 from dinowm_core.config import Config, ConfigError
 from ray_jobs import tracking
 from ray_jobs.cluster import connect
-from ray_jobs.job_config import JobConfig, load_run_config
-from ray_jobs.train_preflight import RUN_INFO, PreflightError, RunPlan, check_gpus, plan_run, preflight
+from ray_jobs.job_config import JobConfig, load_run_config, resolve_paths
+from ray_jobs.train_preflight import (
+    RUN_INFO,
+    PreflightError,
+    RunPlan,
+    check_gpus,
+    joins_cluster,
+    plan_run,
+    preflight,
+    resume_config,
+)
 from ray_jobs.train_worker import MetricCallback, staging_root, train_loop
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,7 @@ class TrainOutcome:
 
 def _open_tracking(cfg: Config, job: JobConfig, plan: RunPlan) -> tracking.RunTracker:
     tracker = tracking.open_tracker(job.mlflow, cfg.output_dir)
-    info_file = Path(plan.storage_path) / plan.name / RUN_INFO
+    info_file = Path(plan.run_dir) / RUN_INFO
     if plan.continues and info_file.is_file():
         tracker.reopen(json.loads(info_file.read_text())["mlflow_run_id"])
         return tracker
@@ -60,14 +70,65 @@ def _open_tracking(cfg: Config, job: JobConfig, plan: RunPlan) -> tracking.RunTr
         "env": cfg.env.name,
         "dataset_manifest_sha256": tracking.manifest_hash(cfg.data.path),
         "dataset_path": str(cfg.data.path),
-        "ray.run_dir": f"{plan.storage_path}/{plan.name}",
+        "ray.run_dir": plan.run_dir,
     }
     # The run records where it ran too: the model's config and the job settings (ray.*, mlflow.*) as params.
     tracker.start(plan.name, {**json.loads(cfg.model_dump_json()), **json.loads(job.model_dump_json())}, tags)
     if "://" not in plan.storage_path:
+        # What `dinowm train resume=<name>` needs to continue the run from its name alone.
+        info = {"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri, "config": cfg.model_dump_json(),
+                "job": json.loads(job.model_dump_json())}  # fmt: skip
         info_file.parent.mkdir(parents=True, exist_ok=True)
-        info_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
+        tmp = info_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, info_file)
     return tracker
+
+
+class TrainFailed(RuntimeError):
+    """Training failed in a worker: ``cause`` is one line (exception type and message), ``log_file`` holds
+    the whole traceback."""
+
+    def __init__(self, run_name: str, run_dir: str, cause: str, log_file: str | None) -> None:
+        super().__init__(cause)
+        self.run_name, self.run_dir, self.cause, self.log_file = run_name, run_dir, cause, log_file
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the run keeps its checkpoints and continues with ``resume=<run_name>``."""
+
+    def __init__(self, run_name: str, run_dir: str) -> None:
+        super().__init__(run_name)
+        self.run_name, self.run_dir = run_name, run_dir
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The worker's own exception inside Ray Train's wrappers (``WorkerGroupError`` -> rank -> user error)."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        error = failures[min(failures)]
+    error = getattr(error, "controller_failure", error)
+    return getattr(error, "_base_exc", error)
+
+
+def _error_log(error: BaseException, plan: RunPlan) -> str | None:
+    """Write the full failure (every failed rank's traceback) next to the run's checkpoints; its path, or None."""
+    if "://" in plan.storage_path:
+        return None
+    import traceback
+
+    path = Path(plan.run_dir) / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(error)))  # Ray's message holds each rank's traceback
+    return str(path)
+
+
+def _failure(error: BaseException, plan: RunPlan, joined: bool) -> TrainFailed:
+    cause = _root_cause(error)
+    line = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+    if joined and isinstance(cause, (FileNotFoundError, OSError)):
+        line += " (on a Ray cluster, paths must be on storage every node can read)"
+    return TrainFailed(plan.name, plan.run_dir, line, _error_log(error, plan))
 
 
 def run(
@@ -88,9 +149,10 @@ def run(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     job = job or JobConfig()
+    cfg, job = resolve_paths(cfg, job)
     r = job.ray
-    preflight(cfg, r)
     plan = plan_run(cfg, r, resume, run_name)
+    preflight(cfg, r)
     connect(r)
     check_gpus(r)
     tracker = _open_tracking(cfg, job, plan)
@@ -124,11 +186,16 @@ def run(
         ),
     )
     log.info("Train run %s (storage %s, MLflow run %s)", plan.name, plan.storage_path, tracker.run_id)
+    log.info("starting %d Ray Train worker(s); the first step follows once they have built the model",
+             max(r.num_workers, 1))  # fmt: skip
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
         tracker.end("KILLED")
-        raise
+        raise TrainInterrupted(plan.name, plan.run_dir) from None
+    except Exception as e:
+        tracker.end("FAILED")
+        raise _failure(e, plan, joins_cluster(r)) from e
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -138,7 +205,7 @@ def run(
     tracker.end("FINISHED")
     return TrainOutcome(
         run_name=plan.name,
-        run_dir=f"{plan.storage_path}/{plan.name}",
+        run_dir=plan.run_dir,
         mlflow_run_id=tracker.run_id or "",
         metrics=dict(result.metrics or {}),
         checkpoint=_persist_local_checkpoint(result.checkpoint.path if result.checkpoint else None, plan),
@@ -184,14 +251,27 @@ def split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``dinowm train`` / ``python -m ray_jobs.train``: 0 done, 1 failed in a worker, 2 bad input (nothing
+    started), 130 interrupted. Failures print one line; the traceback is in the run's ``error-*.log``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides, options = split_args(sys.argv[1:] if argv is None else argv)
+    resume = options.get("resume")
     try:
-        cfg, job = load_run_config(overrides)
-        outcome = run(cfg, job, resume=options.get("resume"), run_name=options.get("run_name"))
+        cfg, job = resume_config(resume, overrides) if resume else load_run_config(overrides)
+        outcome = run(cfg, job, resume=resume, run_name=options.get("run_name"))
     except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainFailed as e:
+        where = f"; traceback in {e.log_file}" if e.log_file else ""
+        print(f"error: training failed in a worker: {e.cause}{where}", file=sys.stderr)
+        print(f"  fix the cause, then continue from the last checkpoint: dinowm train resume={e.run_dir}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except TrainInterrupted as e:
+        print(f"\ninterrupted: run {e.run_name} keeps its checkpoints in {e.run_dir}; continue it with "
+              f"dinowm train resume={e.run_dir}", file=sys.stderr)  # fmt: skip
+        return 130
     print(json.dumps(outcome.__dict__, default=str))
     return 0
 

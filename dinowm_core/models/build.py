@@ -7,9 +7,18 @@ from torch import nn
 from dinowm_core.config import Config
 from dinowm_core.models.decoder import TransposedConvDecoder, VQVAEDecoder
 from dinowm_core.models.embedders import Embedder
-from dinowm_core.models.encoders import build_encoder
+from dinowm_core.models.encoders import build_encoder, locate_pretrained_weights
 from dinowm_core.models.predictor import ViTPredictor
 from dinowm_core.models.world_model import WorldModel
+
+
+def encoder_weights_source(cfg: Config) -> str | None:
+    """Where ``cfg``'s pretrained encoder weights would come from (None: the encoder has none to load). Raises
+    FileNotFoundError naming every place searched and the fix; reads no weights."""
+    e = cfg.encoder
+    if not (e.is_dino and e.pretrained) or e.name == "dinov2_tiny":
+        return None
+    return locate_pretrained_weights(e.name.removeprefix("dinov2_"), e.weights, e.allow_download)
 
 
 def build_encoder_from_config(cfg: Config, *, load_weights: bool = True) -> nn.Module:

@@ -293,29 +293,39 @@ def _read_weights(path: Path) -> Mapping[str, object]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _pretrained_state_dict(
-    arch: str, weights: str | os.PathLike | None, allow_download: bool
-) -> tuple[Mapping, str]:
-    """Return (state dict, where it came from); raise FileNotFoundError listing every place searched."""
+def locate_pretrained_weights(arch: str, weights: str | os.PathLike | None, allow_download: bool) -> str:
+    """Where pretrained ``arch`` weights would be read from: a local file, or the official URL when only a download
+    (``allow_download``) would find them. Raises FileNotFoundError listing every place searched. Reads nothing,
+    so a driver can check a config in milliseconds before any worker builds the model."""
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"DINOv2 weights file {str(path)!r} (encoder.weights) does not exist")
-        return _read_weights(path), str(path)
+        return str(path)
     patterns = weight_search_patterns(arch)
     for pattern in patterns:
         if (path := _first_match(pattern)) is not None:
-            return _read_weights(path), str(path)
+            return str(path)
     url = OFFICIAL_URL.format(arch=arch)
     if allow_download:
-        logger.info("downloading DINOv2 %s weights from %s", arch, url)
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True), url
+        return url
     searched = "\n".join(f"  - {p}" for p in patterns)
     raise FileNotFoundError(
         f"no pretrained weights for dinov2_{arch} found. Searched:\n{searched}\n"
         f"Fix: set encoder.weights=/path/to/dinov2_{arch}_pretrain.pth (or a timm/transformers model.safetensors), "
         f"place the file in one of the locations above, or set encoder.allow_download=true to fetch {url}"
     )
+
+
+def _pretrained_state_dict(
+    arch: str, weights: str | os.PathLike | None, allow_download: bool
+) -> tuple[Mapping, str]:
+    """Return (state dict, where it came from); raise FileNotFoundError listing every place searched."""
+    source = locate_pretrained_weights(arch, weights, allow_download)
+    if "://" in source:
+        logger.info("downloading DINOv2 %s weights from %s", arch, source)
+        return torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True), source
+    return _read_weights(Path(source)), source
 
 
 def _on_meta(factory: Callable[[], M]) -> M:

@@ -34,3 +34,13 @@ class FailOnce:
         if self.mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"test fault injected at step {step}")
+
+
+@dataclass(frozen=True)
+class FailAlways:
+    """Rank 0 raises at the first metrics row it logs: a run (or a resume attempt) that cannot succeed."""
+
+    message: str = "test fault: this run cannot succeed"
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        raise RuntimeError(self.message)

@@ -72,3 +72,47 @@ def test_job_keys_are_split_from_the_model_keys():
     assert cfg.data.path == "/d" and not {"ray", "mlflow"} & set(cfg.model_dump())
     assert (job_cfg.ray.num_workers, job_cfg.mlflow.experiment) == (2, "x")
     assert job_cfg.mlflow.register_model == "dinowm-world-model"  # conf/job.yaml's default
+
+
+def _no_mlflow_no_run(out):
+    assert not (out / "ray_results").exists() and not (out / "mlflow").exists()
+
+
+def test_missing_dinov2_weights_fail_in_the_driver(wall_dataset, tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty hub and HF caches: nothing to find
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    was_initialized = ray.is_initialized()
+    args = [*train_overrides(wall_dataset, tmp_path), "encoder=dino", "encoder.pretrained=true"]
+    code, err = _run(args, capsys)
+    assert code == 2 and "no pretrained weights for dinov2_vits14" in err and "encoder.weights=" in err, err
+    _no_mlflow_no_run(tmp_path)
+    assert ray.is_initialized() == was_initialized
+
+
+def test_resume_from_a_checkpoint_of_another_model_fails_in_the_driver(wall_dataset, tmp_path, capsys):
+    from dinowm_core import build_world_model, save_world_model
+    from ray_jobs.job_config import load_run_config
+
+    cfg, _ = load_run_config(train_overrides(wall_dataset, tmp_path))
+    save_world_model(build_world_model(cfg), tmp_path / "ckpt")
+    out = tmp_path / "out"
+    args = [*train_overrides(wall_dataset, out, "predictor.depth=1"), f"resume={tmp_path / 'ckpt'}"]
+    code, err = _run(args, capsys)
+    assert code == 2 and "changes the model (predictor.depth 2 -> 1)" in err, err
+    _no_mlflow_no_run(out)
+
+
+def test_relative_paths_mean_the_users_directory(wall_dataset, tmp_path, monkeypatch):
+    """Ray workers run elsewhere: every path typed on the command line is made absolute in the driver."""
+    from ray_jobs.job_config import load_run_config
+
+    monkeypatch.chdir(wall_dataset.parent)
+    cfg, job = load_run_config([*train_overrides(wall_dataset.name, "out"), "ray.storage_path=runs",
+                                "mlflow.tracking_uri=sqlite:///db/mlflow.db"])  # fmt: skip
+    base = wall_dataset.parent
+    assert cfg.data.path == str(wall_dataset) and cfg.output_dir == str(base / "out")
+    assert job.ray.storage_path == str(base / "runs")
+    assert job.mlflow.tracking_uri == f"sqlite:///{base / 'db' / 'mlflow.db'}"
