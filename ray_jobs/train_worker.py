@@ -260,6 +260,9 @@ def _worker_logging() -> None:
         logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
     except ImportError:  # pragma: no cover - Ray internals moved
         pass
+    # Ray logs a failed train function's whole traceback from every rank; the driver writes it to the run's
+    # error log and prints one line, and train_loop logs one line per failure here (so restarts show).
+    logging.getLogger("ray.train.v2._internal.util").setLevel(logging.CRITICAL)
 
 
 def train_loop(spec: dict[str, Any]) -> None:
@@ -273,6 +276,9 @@ def train_loop(spec: dict[str, Any]) -> None:
         result = fit(Config.from_json(spec["config"]), hooks)
         if hooks.is_main() and hooks._logger is not None and result.checkpoint is not None:
             hooks.log_artifact(result.checkpoint, tracking.CHECKPOINT_ARTIFACT)
+    except Exception as e:
+        log.error("rank %d failed: %s: %s", hooks.world_rank, type(e).__name__, str(e).strip().split("\n")[0])
+        raise
     finally:
         # Also after a failure: a restarted worker resumes from storage, never from this directory.
         hooks.remove_staging()
