@@ -36,7 +36,7 @@ def generate_cmd(
     seed: int = typer.Option(0),
     workers: int = typer.Option(1, min=1, help="worker processes (the dataset does not depend on it)"),
     img_size: int = typer.Option(64, min=1),
-    policy: str = typer.Option("random", help="random | noisy_goal | pusht_push"),
+    policy: str = typer.Option("random", help="random | noisy_goal (wall, point_maze, reacher) | pusht_push"),
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

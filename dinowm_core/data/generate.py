@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dinowm_core.data.policies import make_policy
+from dinowm_core.data.policies import check_policy, make_policy
 from dinowm_core.data.store import Episode
 from dinowm_core.data.writer import ShardInfo, assemble, atomic_write_text, sha256_file, write_shard
 from dinowm_core.envs.base import PlanningEnv, make_env
@@ -71,6 +71,7 @@ class GenerationSpec:
             raise ValueError(f"episodes and steps must be >= 1, got {self.episodes}, {self.steps}")
         if self.img_size < 1:
             raise ValueError(f"img_size must be >= 1, got {self.img_size}")
+        check_policy(self.policy, self.env_name)  # before anything is written, not in the first worker
         if self.episodes_per_shard == 0:
             object.__setattr__(self, "episodes_per_shard", min(100, max(1, math.ceil(self.episodes / 32))))
 
@@ -177,11 +178,8 @@ def prepare(spec: GenerationSpec, out: str | Path) -> tuple[Path, list[int], dic
     if params_file.is_file():
         old = json.loads(params_file.read_text())
         if old != spec.to_dict():
-            diff = sorted(k for k in set(old) | set(spec.to_dict()) if old.get(k) != spec.to_dict().get(k))
-            raise ValueError(
-                f"{partial}: an unfinished generation with different {', '.join(diff)}; delete it first"
-            )
-    else:
+            _replace_unfinished(partial, old, spec.to_dict())
+    if not params_file.is_file():
         atomic_write_text(params_file, json.dumps(spec.to_dict(), sort_keys=True))
     done: dict[int, ShardInfo] = {}
     for shard in range(spec.num_shards):
@@ -197,6 +195,25 @@ def prepare(spec: GenerationSpec, out: str | Path) -> tuple[Path, list[int], dic
             side.unlink()
     todo = [s for s in range(spec.num_shards) if s not in done]
     return partial, todo, done
+
+
+def _replace_unfinished(partial: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Clear ``partial`` for a generation with other parameters, unless it holds finished shards.
+
+    A run that failed before its first shard (a bad argument, a crashed simulator) leaves nothing worth
+    keeping, so the corrected command simply starts over; finished shards are only ever deleted by the user.
+    """
+    diff = ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+    finished = sorted(f.name for f in partial.glob("shard-*.json") if (partial / f"{f.stem}.arrow").is_file())
+    if finished:
+        raise ValueError(
+            f"{partial} holds {len(finished)} finished shard(s) of an unfinished generation with different "
+            f"{diff}: rerun that command to finish it, or delete the directory ({partial}) to start over"
+        )
+    log.info("%s: no finished shard; replacing an unfinished generation with different %s", partial, diff)
+    for f in partial.iterdir():
+        if f.is_file() and (f.name == PARAMS_FILE or f.name.startswith("shard-") or f.name.endswith(".tmp")):
+            f.unlink()
 
 
 def finalize(spec: GenerationSpec, out: str | Path, shards: dict[int, ShardInfo]) -> dict[str, Any]:

@@ -42,6 +42,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     r = runner.invoke(app, ["data", "generate", "--env", "wall", "--episodes", "1", "--steps", "2", "--out", str(out),
                             "--policy", "bogus"])  # fmt: skip
     assert r.exit_code == 2 and "unknown policy" in r.output
+    r = runner.invoke(app, ["data", "generate", "--env", "wall", "--episodes", "1", "--steps", "2", "--out", str(out),
+                            "--policy", "pusht_push"])  # fmt: skip
+    assert r.exit_code == 2 and r.output.startswith("error: policy 'pusht_push' supports envs pusht, not")
     assert not out.exists() and not list(tmp_path.iterdir())
     r = runner.invoke(app, ["data", "info", str(tmp_path / "missing")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "no such dataset" in r.output
