@@ -40,8 +40,11 @@ def generate_cmd(
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption)."""
-    from dinowm_core.data.generate import generate
+    """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption).
+
+    Ctrl-C keeps the finished shards in ``<out>.partial``, says so in one line and exits with 130.
+    """
+    from dinowm_core.data.generate import GenerationInterrupted, generate
     from dinowm_core.data.policies import POLICIES
     from dinowm_core.envs.base import ENV_IDS
 
@@ -54,6 +57,9 @@ def generate_cmd(
                         episodes_per_shard=episodes_per_shard, progress=progress)  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(str(e))
+    except GenerationInterrupted as e:
+        typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"wrote {path}")
 
 

@@ -25,6 +25,8 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -50,6 +52,16 @@ _WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during generation: the finished shards stay in ``partial`` and the same command resumes."""
+
+    def __init__(self, partial: Path, done: int, total: int) -> None:
+        super().__init__(
+            f"interrupted: {done}/{total} shards are kept in {partial}; rerun the same command to resume"
+        )
+        self.partial, self.done, self.total = partial, done, total
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,24 @@ def _worker_environment() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle (it terminates the pool), so workers print nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the pool spawns, so a child inherits the ignore before its initializer runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 def _run_shard(args: tuple[dict[str, Any], int, str]) -> dict[str, Any]:
     return generate_shard(*args)
 
@@ -281,7 +311,11 @@ def generate(
     max_shards: int | None = None,
     progress: bool = True,
 ) -> Path | None:
-    """Generate a dataset into ``out``; returns ``out``, or None when stopped early by ``max_shards``."""
+    """Generate a dataset into ``out``; returns ``out``, or None when stopped early by ``max_shards``.
+
+    Ctrl-C terminates the workers (which ignore SIGINT themselves) and raises :class:`GenerationInterrupted`
+    with the count of finished shards kept for the rerun.
+    """
     from tqdm import tqdm
 
     spec = GenerationSpec(env_name, episodes, steps, seed, img_size, policy, episodes_per_shard,
@@ -292,15 +326,20 @@ def generate(
     tasks = [(spec.to_dict(), s, str(partial)) for s in todo]
     bar = tqdm(total=episodes, initial=sum(len(i.lengths) for i in done.values()), unit="ep",
                desc=f"generate {env_name}", disable=not progress)  # fmt: skip
-    with bar:
-        if workers <= 1 or len(tasks) <= 1:
-            with _single_threaded_libraries():
-                _collect(map(_run_shard, tasks), done, bar)
-        else:
-            with _worker_environment():
-                pool = mp.get_context("spawn").Pool(min(workers, len(tasks)))
-            with pool:
-                _collect(pool.imap_unordered(_run_shard, tasks), done, bar)
+    try:
+        with bar:
+            if workers <= 1 or len(tasks) <= 1:
+                with _single_threaded_libraries():
+                    _collect(map(_run_shard, tasks), done, bar)
+            else:
+                with _worker_environment(), _sigint_ignored():
+                    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_ignore_sigint)
+                with pool:  # leaving the block (also by Ctrl-C) terminates the workers
+                    _collect(pool.imap_unordered(_run_shard, tasks), done, bar)
+    except KeyboardInterrupt:
+        # Count sidecars, not results: a worker may have finished a shard the parent had not yet received.
+        kept = sum(_sidecar(partial, s).is_file() for s in range(spec.num_shards))
+        raise GenerationInterrupted(partial, kept, spec.num_shards) from None
     if len(done) < spec.num_shards:
         log.info("stopped with %d/%d shards in %s", len(done), spec.num_shards, partial)
         return None
