@@ -1,7 +1,7 @@
 """`dinowm data ...`: dataset generation, inspection, verification, import and feature caching.
 
 Bad input (unknown env or policy, an existing output, a corrupted dataset) prints one ``error:`` line and exits
-with code 2; every writer works in a temp / ``.partial`` directory, so nothing half-written is left as a dataset.
+with code 2 (``verify`` reports a damaged dataset as ``problem:`` lines and exit 1); every writer works in a temp / ``.partial`` directory, so nothing half-written is left as a dataset.
 """
 
 from __future__ import annotations
@@ -105,13 +105,20 @@ def info_cmd(
 
 @data_app.command("verify")
 def verify_cmd(path: Path = typer.Argument(..., help="dataset directory")) -> None:
-    """Recompute every checksum and decode every shard; exit 1 when a problem is found."""
-    from dinowm_core.data.store import TrajectoryStore
+    """Recompute every checksum and decode every shard.
 
+    Exit 0 when the dataset is intact; exit 1 with one ``problem:`` line each when anything is damaged or
+    missing (an unreadable or absent manifest included); exit 2 for a usage error (``path`` is not a directory).
+    """
+    from dinowm_core.data.integrity import verify_dataset
+    from dinowm_core.data.store import DatasetError, read_manifest
+
+    if not path.is_dir():
+        _fail(f"{path}: no such dataset directory")
     try:
-        problems = TrajectoryStore(path).verify()
-    except _user_errors() as e:
-        _fail(str(e))
+        problems = verify_dataset(path, read_manifest(path))
+    except DatasetError as e:
+        problems = [str(e)]
     for p in problems:
         typer.secho(f"problem: {p}", fg=typer.colors.RED, err=True)
     if problems:
