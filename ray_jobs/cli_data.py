@@ -31,7 +31,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def generate_cmd(
     env: str = typer.Option(..., help="env name: wall, pusht, point_maze, reacher, rope, granular"),
     episodes: int = typer.Option(..., min=1),
-    steps: int = typer.Option(..., min=1, help="steps (stored frames) per episode"),
+    steps: int = typer.Option(
+        ...,
+        min=1,
+        help="steps (stored frames) per episode; warns below one training window of the env's defaults",
+    ),
     out: Path = typer.Option(..., help="output dataset directory (must not exist)"),
     seed: int = typer.Option(0),
     workers: int = typer.Option(1, min=1, help="worker processes (the dataset does not depend on it)"),
@@ -45,13 +49,16 @@ def generate_cmd(
     Ctrl-C keeps the finished shards in ``<out>.partial``, says so in one line and exits with 130.
     """
     from dinowm_core.data.generate import GenerationInterrupted, generate
-    from dinowm_core.data.policies import POLICIES
+    from dinowm_core.data.policies import check_policy
     from dinowm_core.envs.base import ENV_IDS
 
     if env not in ENV_IDS:
         _fail(f"unknown env {env!r} (choices: {', '.join(ENV_IDS)})")
-    if policy not in POLICIES:
-        _fail(f"unknown policy {policy!r} (choices: {', '.join(POLICIES)})")
+    try:
+        check_policy(policy, env)
+    except ValueError as e:
+        _fail(str(e))
+    _warn_short_episodes(env, steps)
     try:
         path = generate(env, episodes, steps, out, seed, workers, img_size, policy,
                         episodes_per_shard=episodes_per_shard, progress=progress)  # fmt: skip
@@ -61,6 +68,19 @@ def generate_cmd(
         typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     typer.echo(f"wrote {path}")
+
+
+def _warn_short_episodes(env: str, steps: int) -> None:
+    """A warning, not a refusal: a config with a smaller frameskip / num_hist may still train on the episodes
+    (only 1 step fits no config, since a window has at least two frames); training's preflight decides."""
+    from dinowm_core.data.windows import window_requirement, window_steps
+    from dinowm_core.presets import load_config
+
+    cfg = load_config([f"env={env}"])
+    if steps < window_steps(cfg):
+        fits = "no training config" if steps < 2 else "training only with a lower frameskip/num_hist"
+        typer.secho(f"warning: --steps {steps}: with the {env} defaults {window_requirement(cfg)}; these "
+                    f"episodes fit {fits}: generate longer episodes", fg=typer.colors.YELLOW, err=True)  # fmt: skip
 
 
 def _summary(manifest: dict[str, Any], path: Path) -> str:
