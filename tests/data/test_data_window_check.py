@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from typer.testing import CliRunner
 
 from dinowm_core.data.store import DatasetError, read_manifest
 from dinowm_core.data.windows import build_datasets, check_compatible, num_windows, split_for, window_steps
@@ -57,3 +58,15 @@ def test_an_empty_train_split_fails(make_store):
     check_compatible(
         read_manifest(path), _cfg(path, "frameskip=1", "num_hist=1", "data.split_ratio=1"), str(path)
     )
+
+
+def test_generate_warns_when_steps_are_shorter_than_the_default_window(tmp_path):
+    pytest.importorskip("dinowm_core.envs.wall", reason="the wall env has not landed")
+    from ray_jobs.cli import app
+
+    out = tmp_path / "w"
+    r = CliRunner().invoke(app, ["data", "generate", "--env", "wall", "--episodes", "1", "--steps", "1", "--out",
+                                 str(out), "--img-size", "16", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning: --steps 1: with the wall defaults one training window needs (num_hist + num_pred) * " \
+           "frameskip = (3 + 1) * 5 = 20 steps; these episodes fit no training config" in r.output  # fmt: skip
