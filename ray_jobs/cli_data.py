@@ -1,7 +1,7 @@
 """`dinowm data ...`: dataset generation, inspection, verification, import and feature caching.
 
 Bad input (unknown env or policy, an existing output, a corrupted dataset) prints one ``error:`` line and exits
-with code 2; every writer works in a temp / ``.partial`` directory, so nothing half-written is left as a dataset.
+with code 2 (``verify`` reports a damaged dataset as ``problem:`` lines and exit 1); every writer works in a temp / ``.partial`` directory, so nothing half-written is left as a dataset.
 """
 
 from __future__ import annotations
@@ -31,30 +31,56 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def generate_cmd(
     env: str = typer.Option(..., help="env name: wall, pusht, point_maze, reacher, rope, granular"),
     episodes: int = typer.Option(..., min=1),
-    steps: int = typer.Option(..., min=1, help="steps (stored frames) per episode"),
+    steps: int = typer.Option(
+        ...,
+        min=1,
+        help="steps (stored frames) per episode; warns below one training window of the env's defaults",
+    ),
     out: Path = typer.Option(..., help="output dataset directory (must not exist)"),
     seed: int = typer.Option(0),
     workers: int = typer.Option(1, min=1, help="worker processes (the dataset does not depend on it)"),
     img_size: int = typer.Option(64, min=1),
-    policy: str = typer.Option("random", help="random | noisy_goal | pusht_push"),
+    policy: str = typer.Option("random", help="random | noisy_goal (wall, point_maze, reacher) | pusht_push"),
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption)."""
-    from dinowm_core.data.generate import generate
-    from dinowm_core.data.policies import POLICIES
+    """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption).
+
+    Ctrl-C keeps the finished shards in ``<out>.partial``, says so in one line and exits with 130.
+    """
+    from dinowm_core.data.generate import GenerationInterrupted, generate
+    from dinowm_core.data.policies import check_policy
     from dinowm_core.envs.base import ENV_IDS
 
     if env not in ENV_IDS:
         _fail(f"unknown env {env!r} (choices: {', '.join(ENV_IDS)})")
-    if policy not in POLICIES:
-        _fail(f"unknown policy {policy!r} (choices: {', '.join(POLICIES)})")
+    try:
+        check_policy(policy, env)
+    except ValueError as e:
+        _fail(str(e))
+    _warn_short_episodes(env, steps)
     try:
         path = generate(env, episodes, steps, out, seed, workers, img_size, policy,
                         episodes_per_shard=episodes_per_shard, progress=progress)  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(str(e))
+    except GenerationInterrupted as e:
+        typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"wrote {path}")
+
+
+def _warn_short_episodes(env: str, steps: int) -> None:
+    """A warning, not a refusal: a config with a smaller frameskip / num_hist may still train on the episodes
+    (only 1 step fits no config, since a window has at least two frames); training's preflight decides."""
+    from dinowm_core.data.windows import window_requirement, window_steps
+    from dinowm_core.presets import load_config
+
+    cfg = load_config([f"env={env}"])
+    if steps < window_steps(cfg):
+        fits = "no training config" if steps < 2 else "training only with a lower frameskip/num_hist"
+        typer.secho(f"warning: --steps {steps}: with the {env} defaults {window_requirement(cfg)}; these "
+                    f"episodes fit {fits}: generate longer episodes", fg=typer.colors.YELLOW, err=True)  # fmt: skip
 
 
 def _summary(manifest: dict[str, Any], path: Path) -> str:
@@ -99,13 +125,20 @@ def info_cmd(
 
 @data_app.command("verify")
 def verify_cmd(path: Path = typer.Argument(..., help="dataset directory")) -> None:
-    """Recompute every checksum and decode every shard; exit 1 when a problem is found."""
-    from dinowm_core.data.store import TrajectoryStore
+    """Recompute every checksum and decode every shard.
 
+    Exit 0 when the dataset is intact; exit 1 with one ``problem:`` line each when anything is damaged or
+    missing (an unreadable or absent manifest included); exit 2 for a usage error (``path`` is not a directory).
+    """
+    from dinowm_core.data.integrity import verify_dataset
+    from dinowm_core.data.store import DatasetError, read_manifest
+
+    if not path.is_dir():
+        _fail(f"{path}: no such dataset directory")
     try:
-        problems = TrajectoryStore(path).verify()
-    except _user_errors() as e:
-        _fail(str(e))
+        problems = verify_dataset(path, read_manifest(path))
+    except DatasetError as e:
+        problems = [str(e)]
     for p in problems:
         typer.secho(f"problem: {p}", fg=typer.colors.RED, err=True)
     if problems:

@@ -25,6 +25,8 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dinowm_core.data.policies import make_policy
+from dinowm_core.data.policies import check_policy, make_policy
 from dinowm_core.data.store import Episode
 from dinowm_core.data.writer import ShardInfo, assemble, atomic_write_text, sha256_file, write_shard
 from dinowm_core.envs.base import PlanningEnv, make_env
@@ -50,6 +52,16 @@ _WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during generation: the finished shards stay in ``partial`` and the same command resumes."""
+
+    def __init__(self, partial: Path, done: int, total: int) -> None:
+        super().__init__(
+            f"interrupted: {done}/{total} shards are kept in {partial}; rerun the same command to resume"
+        )
+        self.partial, self.done, self.total = partial, done, total
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class GenerationSpec:
             raise ValueError(f"episodes and steps must be >= 1, got {self.episodes}, {self.steps}")
         if self.img_size < 1:
             raise ValueError(f"img_size must be >= 1, got {self.img_size}")
+        check_policy(self.policy, self.env_name)  # before anything is written, not in the first worker
         if self.episodes_per_shard == 0:
             object.__setattr__(self, "episodes_per_shard", min(100, max(1, math.ceil(self.episodes / 32))))
 
@@ -177,11 +190,8 @@ def prepare(spec: GenerationSpec, out: str | Path) -> tuple[Path, list[int], dic
     if params_file.is_file():
         old = json.loads(params_file.read_text())
         if old != spec.to_dict():
-            diff = sorted(k for k in set(old) | set(spec.to_dict()) if old.get(k) != spec.to_dict().get(k))
-            raise ValueError(
-                f"{partial}: an unfinished generation with different {', '.join(diff)}; delete it first"
-            )
-    else:
+            _replace_unfinished(partial, old, spec.to_dict())
+    if not params_file.is_file():
         atomic_write_text(params_file, json.dumps(spec.to_dict(), sort_keys=True))
     done: dict[int, ShardInfo] = {}
     for shard in range(spec.num_shards):
@@ -197,6 +207,25 @@ def prepare(spec: GenerationSpec, out: str | Path) -> tuple[Path, list[int], dic
             side.unlink()
     todo = [s for s in range(spec.num_shards) if s not in done]
     return partial, todo, done
+
+
+def _replace_unfinished(partial: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Clear ``partial`` for a generation with other parameters, unless it holds finished shards.
+
+    A run that failed before its first shard (a bad argument, a crashed simulator) leaves nothing worth
+    keeping, so the corrected command simply starts over; finished shards are only ever deleted by the user.
+    """
+    diff = ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+    finished = sorted(f.name for f in partial.glob("shard-*.json") if (partial / f"{f.stem}.arrow").is_file())
+    if finished:
+        raise ValueError(
+            f"{partial} holds {len(finished)} finished shard(s) of an unfinished generation with different "
+            f"{diff}: rerun that command to finish it, or delete the directory ({partial}) to start over"
+        )
+    log.info("%s: no finished shard; replacing an unfinished generation with different %s", partial, diff)
+    for f in partial.iterdir():
+        if f.is_file() and (f.name == PARAMS_FILE or f.name.startswith("shard-") or f.name.endswith(".tmp")):
+            f.unlink()
 
 
 def finalize(spec: GenerationSpec, out: str | Path, shards: dict[int, ShardInfo]) -> dict[str, Any]:
@@ -235,6 +264,24 @@ def _worker_environment() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle (it terminates the pool), so workers print nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the pool spawns, so a child inherits the ignore before its initializer runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 def _run_shard(args: tuple[dict[str, Any], int, str]) -> dict[str, Any]:
     return generate_shard(*args)
 
@@ -264,7 +311,11 @@ def generate(
     max_shards: int | None = None,
     progress: bool = True,
 ) -> Path | None:
-    """Generate a dataset into ``out``; returns ``out``, or None when stopped early by ``max_shards``."""
+    """Generate a dataset into ``out``; returns ``out``, or None when stopped early by ``max_shards``.
+
+    Ctrl-C terminates the workers (which ignore SIGINT themselves) and raises :class:`GenerationInterrupted`
+    with the count of finished shards kept for the rerun.
+    """
     from tqdm import tqdm
 
     spec = GenerationSpec(env_name, episodes, steps, seed, img_size, policy, episodes_per_shard,
@@ -275,15 +326,20 @@ def generate(
     tasks = [(spec.to_dict(), s, str(partial)) for s in todo]
     bar = tqdm(total=episodes, initial=sum(len(i.lengths) for i in done.values()), unit="ep",
                desc=f"generate {env_name}", disable=not progress)  # fmt: skip
-    with bar:
-        if workers <= 1 or len(tasks) <= 1:
-            with _single_threaded_libraries():
-                _collect(map(_run_shard, tasks), done, bar)
-        else:
-            with _worker_environment():
-                pool = mp.get_context("spawn").Pool(min(workers, len(tasks)))
-            with pool:
-                _collect(pool.imap_unordered(_run_shard, tasks), done, bar)
+    try:
+        with bar:
+            if workers <= 1 or len(tasks) <= 1:
+                with _single_threaded_libraries():
+                    _collect(map(_run_shard, tasks), done, bar)
+            else:
+                with _worker_environment(), _sigint_ignored():
+                    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_ignore_sigint)
+                with pool:  # leaving the block (also by Ctrl-C) terminates the workers
+                    _collect(pool.imap_unordered(_run_shard, tasks), done, bar)
+    except KeyboardInterrupt:
+        # Count sidecars, not results: a worker may have finished a shard the parent had not yet received.
+        kept = sum(_sidecar(partial, s).is_file() for s in range(spec.num_shards))
+        raise GenerationInterrupted(partial, kept, spec.num_shards) from None
     if len(done) < spec.num_shards:
         log.info("stopped with %d/%d shards in %s", len(done), spec.num_shards, partial)
         return None

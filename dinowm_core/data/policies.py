@@ -161,11 +161,20 @@ POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
 }
 
 
-def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy:
-    """Build policy ``name`` for one episode of ``env``."""
+def check_policy(name: str, env_name: str) -> None:
+    """Raise ``ValueError`` unless policy ``name`` exists and suits env ``env_name`` (needs no env instance)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r} (choices: {', '.join(POLICIES)})")
-    factory, envs = POLICIES[name]
-    if envs is not None and env.env_name not in envs:
-        raise ValueError(f"policy {name!r} supports envs {', '.join(envs)}, not {env.env_name!r}")
-    return factory(env, rng)
+    envs = POLICIES[name][1]
+    if envs is not None and env_name not in envs:
+        usable = [p for p, (_, e) in POLICIES.items() if e is None or env_name in e]
+        raise ValueError(
+            f"policy {name!r} supports envs {', '.join(envs)}, not {env_name!r} "
+            f"(policies for {env_name}: {', '.join(usable)})"
+        )
+
+
+def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy:
+    """Build policy ``name`` for one episode of ``env``."""
+    check_policy(name, env.env_name)
+    return POLICIES[name][0](env, rng)

@@ -16,7 +16,7 @@ those of ``action / env.action_scale``. Random access decompresses only the reco
 
 A reader requires ``manifest.json`` (written last by every writer), checks its schema version and every data
 file's size on open, and raises :class:`DatasetError` naming the file for anything truncated or corrupted.
-:meth:`TrajectoryStore.verify` recomputes every checksum.
+:meth:`TrajectoryStore.verify` recomputes every checksum (:mod:`dinowm_core.data.integrity`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dinowm_core.data.fileio import sha256_file
+from dinowm_core.data.integrity import file_problems, verify_dataset
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -200,15 +200,9 @@ class TrajectoryStore:
 
     # ---- opening ----------------------------------------------------------------------------------
     def _check_sizes(self) -> None:
-        for name, meta in self.manifest["files"].items():
-            f = self.path / name
-            if not f.is_file():
-                raise DatasetError(f"{f}: missing")
-            size = f.stat().st_size
-            if size != meta["bytes"]:
-                raise DatasetError(
-                    f"{f}: {size} bytes, manifest says {meta['bytes']} (truncated or modified)"
-                )
+        problems = file_problems(self.path, self.manifest, hash_files=False)
+        if problems:
+            raise DatasetError(problems[0])
 
     def _load_episode_table(self) -> None:
         f = self.path / EPISODES_FILE
@@ -320,25 +314,4 @@ class TrajectoryStore:
     # ---- integrity --------------------------------------------------------------------------------
     def verify(self) -> list[str]:
         """Recompute every file's sha256 and decode every record batch; return the problems found."""
-        problems = []
-        for name, meta in sorted(self.manifest["files"].items()):
-            f = self.path / name
-            if not f.is_file():
-                problems.append(f"{f}: missing")
-            elif f.stat().st_size != meta["bytes"]:
-                problems.append(f"{f}: {f.stat().st_size} bytes, manifest says {meta['bytes']}")
-            elif sha256_file(f) != meta["sha256"]:
-                problems.append(f"{f}: sha256 mismatch (corrupted)")
-        if problems:
-            return problems
-        for meta in self.manifest["shards"]:
-            try:
-                with pa.memory_map(str(self.path / meta["file"]), "r") as src:
-                    rows = pa.ipc.open_file(src).read_all().num_rows
-                if rows != meta["num_rows"]:
-                    problems.append(
-                        f"{self.path / meta['file']}: {rows} rows, manifest says {meta['num_rows']}"
-                    )
-            except (OSError, pa.ArrowInvalid) as e:
-                problems.append(f"{self.path / meta['file']}: unreadable ({e})")
-        return problems
+        return verify_dataset(self.path, self.manifest)

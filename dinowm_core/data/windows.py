@@ -168,8 +168,67 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.num_items, generator=g).tolist())
 
 
-def check_compatible(manifest: dict[str, Any], cfg: Config, path: str) -> None:
-    """The dataset must be for ``cfg.env`` (name and per-step dims); the error names both sides."""
+def window_steps(cfg: Config) -> int:
+    """Raw steps one training window spans: ``(num_hist + num_pred) * frameskip``."""
+    return cfg.num_window_frames * cfg.frameskip
+
+
+def window_requirement(cfg: Config) -> str:
+    """What one training window needs, spelled out with the config's values (for error messages)."""
+    return (
+        f"one training window needs (num_hist + num_pred) * frameskip = ({cfg.num_hist} + {cfg.num_pred}) * "
+        f"{cfg.frameskip} = {window_steps(cfg)} steps"
+    )
+
+
+def num_windows(lengths: Any, span: int) -> int:
+    """Windows of ``span`` raw steps in episodes of these lengths (every start s = 0 .. T - span)."""
+    return int(sum(max(0, int(T) - span + 1) for T in lengths))
+
+
+def split_for(
+    num_episodes: int, splits: dict[str, list[int]] | None, cfg: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` episode ids for ``cfg``: the manifest's folder split when it has one, else a random split
+    by trajectory with ``cfg.data.split_seed`` over the first ``data.n_rollout`` episodes."""
+    if splits:
+        # A folder split (PushT's train/ and val/) truncates each folder to its first n, as the reference loads
+        # them as two datasets; the store numbers train episodes first, so a global cut would empty val.
+        cut = cfg.data.n_rollout
+        return np.asarray(splits["train"][:cut], np.int64), np.asarray(splits["val"][:cut], np.int64)
+    n = num_episodes if cfg.data.n_rollout is None else min(cfg.data.n_rollout, num_episodes)
+    return split_episodes(n, cfg.data.split_ratio, cfg.data.split_seed)
+
+
+def _check_windows(manifest: dict[str, Any], cfg: Config, path: str) -> None:
+    """The train split needs a window, and so does the val split when it has episodes (it is validated every
+    epoch); counted from the manifest's episode lengths exactly as :func:`build_datasets` slices them."""
+    lengths = np.asarray(manifest["episode_lengths"], np.int64)
+    train, val = split_for(len(lengths), manifest.get("splits"), cfg)
+    if len(train) == 0:
+        how = (
+            "the manifest's train split is empty"
+            if manifest.get("splits")
+            else f"int(data.split_ratio * episodes) = int({cfg.data.split_ratio} * "
+            f"{len(lengths) if cfg.data.n_rollout is None else min(cfg.data.n_rollout, len(lengths))}) = 0"
+        )
+        raise DatasetError(
+            f"{path}: the train split has no episode ({how}): generate more episodes or raise data.split_ratio"
+        )
+    span = window_steps(cfg)
+    for name, episodes in (("train", train), ("val", val)):
+        if len(episodes) and num_windows(lengths[episodes], span) == 0:
+            raise DatasetError(
+                f"{path}: no {name} window: the {len(episodes)} {name} episodes have at most "
+                f"{int(lengths[episodes].max())} steps; {window_requirement(cfg)}: generate longer episodes "
+                "(--steps) or lower frameskip/num_hist"
+            )
+
+
+def check_compatible(manifest: dict[str, Any], cfg: Config, path: str, *, windows: bool = True) -> None:
+    """The dataset must be for ``cfg.env`` (name and per-step dims) and, with ``windows``, hold at least one
+    training window (and one validation window when the val split has episodes) for ``cfg``; the error names
+    both sides. Counted from the manifest alone, so a training driver can run it before any worker starts."""
     env, spaces = manifest["env"], manifest["spaces"]
     if env["name"] != cfg.env.name:
         raise DatasetError(f"{path}: dataset is for env {env['name']!r}, config env.name is {cfg.env.name!r}")
@@ -190,6 +249,8 @@ def check_compatible(manifest: dict[str, Any], cfg: Config, path: str) -> None:
             f"{path}: dataset frames are {stored} px, config img_size is {cfg.img_size} "
             "(set data.allow_resize=true to resize frames on load)"
         )
+    if windows:
+        _check_windows(manifest, cfg, path)
 
 
 def build_datasets(
@@ -204,17 +265,10 @@ def build_datasets(
     if not path:
         raise DatasetError("data.path is not set")
     store = TrajectoryStore(path)
-    check_compatible(store.manifest, cfg, str(path))
-    n = store.num_episodes if cfg.data.n_rollout is None else min(cfg.data.n_rollout, store.num_episodes)
-    splits = store.manifest.get("splits")
-    if splits:
-        # A folder split (PushT's train/ and val/) truncates each folder to its first n, as the reference loads
-        # them as two datasets; the store numbers train episodes first, so a global cut would empty val.
-        cut = cfg.data.n_rollout
-        train = np.asarray(splits["train"][:cut], np.int64)
-        val = np.asarray(splits["val"][:cut], np.int64)
-    else:
-        train, val = split_episodes(n, cfg.data.split_ratio, cfg.data.split_seed)
+    # Evaluation also builds these for the val trajectories alone; the window count is the training driver's
+    # check (check_compatible before any worker starts), and fit() reports an empty train set itself.
+    check_compatible(store.manifest, cfg, str(path), windows=False)
+    train, val = split_for(store.num_episodes, store.manifest.get("splits"), cfg)
     norm = Normalizer.from_manifest(store.manifest, enabled=cfg.data.normalize_action)
     kw = {"normalizer": norm, "img_size": cfg.img_size}
     win = {"num_frames": cfg.num_window_frames, "frameskip": cfg.frameskip}

@@ -42,6 +42,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     r = runner.invoke(app, ["data", "generate", "--env", "wall", "--episodes", "1", "--steps", "2", "--out", str(out),
                             "--policy", "bogus"])  # fmt: skip
     assert r.exit_code == 2 and "unknown policy" in r.output
+    r = runner.invoke(app, ["data", "generate", "--env", "wall", "--episodes", "1", "--steps", "2", "--out", str(out),
+                            "--policy", "pusht_push"])  # fmt: skip
+    assert r.exit_code == 2 and r.output.startswith("error: policy 'pusht_push' supports envs pusht, not")
     assert not out.exists() and not list(tmp_path.iterdir())
     r = runner.invoke(app, ["data", "info", str(tmp_path / "missing")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "no such dataset" in r.output
@@ -66,3 +69,23 @@ def test_import_via_cli(tmp_path):
     assert np.isfinite(
         json.loads((out / "manifest.json").read_text())["normalization"]["action"]["std"]
     ).all()
+
+
+def test_verify_exits_1_for_a_damaged_dataset_and_2_for_a_usage_error(make_store, tmp_path):
+    path, _ = make_store([6, 6])
+    r = runner.invoke(app, ["data", "verify", str(path)])
+    assert r.exit_code == 0 and r.output == f"ok: {path}\n"
+    manifest = path / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])  # truncated manifest
+    r = runner.invoke(app, ["data", "verify", str(path)])
+    assert r.exit_code == 1 and r.output.startswith(f"problem: {manifest}: unreadable"), r.output
+    manifest.write_text(json.dumps({**json.loads(text), "files": None}))  # parses, but lacks what it lists
+    r = runner.invoke(app, ["data", "verify", str(path)])
+    assert r.exit_code == 1 and r.output.startswith(f"problem: {manifest}: malformed"), r.output
+    manifest.unlink()
+    r = runner.invoke(app, ["data", "verify", str(path)])
+    assert r.exit_code == 1 and r.output.startswith(f"problem: {manifest}: missing"), r.output
+    for not_a_dir in (tmp_path / "missing", manifest.with_name("episodes.arrow")):
+        r = runner.invoke(app, ["data", "verify", str(not_a_dir)])
+        assert r.exit_code == 2 and r.output == f"error: {not_a_dir}: no such dataset directory\n", r.output

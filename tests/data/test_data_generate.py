@@ -186,3 +186,34 @@ def test_simulator_crash_mid_shard_keeps_finished_shards_and_resumes(tmp_path):
         gen._ENV_CACHE.clear()
     shards = {k: v for k, v in _checksums(out).items() if k.startswith("shard-")}
     assert shards == {k: v for k, v in _checksums(full).items() if k.startswith("shard-")}
+
+
+def test_policy_that_does_not_suit_the_env_fails_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="policy 'pusht_push' supports envs pusht, not 'wall'.*random"):
+        _gen(tmp_path / "x", policy="pusht_push")
+    assert not list(tmp_path.iterdir())
+
+
+def test_rerun_with_other_arguments_replaces_a_partial_without_finished_shards(tmp_path):
+    import dinowm_core.data.generate as gen
+
+    out = tmp_path / "x"
+    gen._ENV_CACHE.clear()
+    try:
+        with pytest.raises(RuntimeError, match="simulator crashed at reset 1"):
+            _gen(out, env_factory="data_fake_envs:FailingEnv", env_kwargs={"fail_at": 1})
+    finally:
+        gen._ENV_CACHE.clear()
+    assert partial_dir(out).is_dir()  # generation.json only: no finished shard
+    assert _gen(out, seed=8) == out and not partial_dir(out).exists()
+    assert _checksums(out) == _checksums(_gen(tmp_path / "fresh", seed=8))
+
+
+def test_rerun_with_other_arguments_keeps_finished_shards_and_names_the_directory(tmp_path):
+    out = tmp_path / "x"
+    _gen(out, max_shards=1)
+    part = partial_dir(out)
+    with pytest.raises(ValueError, match="holds 1 finished shard.*different seed") as e:
+        _gen(out, seed=8)
+    assert f"delete the directory ({part})" in str(e.value)
+    assert (part / "shard-00000.arrow").is_file() and (part / "shard-00000.json").is_file()
