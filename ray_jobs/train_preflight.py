@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dinowm_core.config import Config, ConfigError, model_differences
+from dinowm_core.data.integrity import check_files
 from dinowm_core.data.store import DatasetError, read_manifest
 from dinowm_core.data.windows import check_compatible
 from ray_jobs.job_config import JobConfig, RayConfig, load_job_config, split_job_overrides
@@ -74,11 +75,7 @@ def preflight(cfg: Config, r: RayConfig) -> dict[str, Any]:
 
 
 def _check_files(path: str, manifest: dict[str, Any]) -> None:
-    try:
-        from dinowm_core.data.store import check_files
-    except ImportError:  # pragma: no cover - the store without file checks
-        return
-    problems = check_files(path, manifest)
+    problems = check_files(path, manifest)  # sizes always; checksums of datasets up to 1 GiB (seconds)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise PreflightError(f"{problems[0]}{more}")

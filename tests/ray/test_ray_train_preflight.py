@@ -116,3 +116,31 @@ def test_relative_paths_mean_the_users_directory(wall_dataset, tmp_path, monkeyp
     assert cfg.data.path == str(wall_dataset) and cfg.output_dir == str(base / "out")
     assert job.ray.storage_path == str(base / "runs")
     assert job.mlflow.tracking_uri == f"sqlite:///{base / 'db' / 'mlflow.db'}"
+
+
+def test_a_corrupted_shard_fails_in_the_driver(wall_dataset, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(wall_dataset, data)
+    shard = sorted(data.glob("*.arrow"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size: only the checksum tells
+    shard.write_bytes(bytes(raw))
+    args = [
+        a if not a.startswith("data.path=") else f"data.path={data}"
+        for a in train_overrides(wall_dataset, tmp_path)
+    ]
+    code, err = _run(args, capsys)
+    assert code == 2 and shard.name in err and "dinowm data verify" in err, err
+    _no_mlflow_no_run(tmp_path)
+
+
+def test_episodes_shorter_than_a_window_fail_in_the_driver(tmp_path, capsys):
+    from dinowm_core.data.generate import generate
+
+    data = tmp_path / "short"
+    generate("wall", 4, 3, data, seed=0, img_size=64, progress=False)  # 3 steps; a window needs (3 + 1) * 5
+    code, err = _run(train_overrides(data, tmp_path), capsys)
+    assert code == 2 and "no train window" in err and "20 steps" in err, err
+    _no_mlflow_no_run(tmp_path)
