@@ -3,12 +3,14 @@
     python -m ray_jobs.train env=wall data.path=/data/wall ray.num_workers=4 ray.use_gpu=true
     ray job submit --working-dir . -- python -m ray_jobs.train env=wall data.path=/abs/data/wall output_dir=/abs/out
     dinowm train env=wall data.path=data/wall ray.num_workers=2           # embedded local cluster
-    dinowm train ... resume=wall-20261126-101500-3fa2c1                  # continue a run (name or run dir)
-    dinowm train ... resume=/path/to/checkpoint_dir                       # new run starting from a checkpoint
+    dinowm train resume=wall-20261126-101500-3fa2c1                      # continue a run (name or run dir)
+    dinowm train resume=/path/to/checkpoint_dir training.epochs=10        # new run starting from a checkpoint
 
-This module is the driver. Everything checkable before workers start is checked first (config, dataset path,
-manifest vs env and image size, batch divisibility, GPUs: ``ray_jobs.train_preflight``); each failure is a
-:class:`PreflightError` and exit status 2. What the workers run is in ``ray_jobs.train_worker``.
+This module is the driver. Paths are made absolute (workers run elsewhere) and everything checkable before
+workers start is checked first (config, dataset, its files and windows, encoder weights, batch divisibility,
+GPUs, a ``resume=`` of the same model: ``ray_jobs.train_preflight``); each failure is a :class:`PreflightError`
+and exit status 2. A failure in a worker is :class:`TrainFailed` (one line; the traceback in the run's error
+log). What the workers run is in ``ray_jobs.train_worker``.
 
 Every run gets a unique name (``<env>-<time>-<hex>``): Ray Train resumes on ``RunConfig(name, storage_path)``, so
 reusing a name would silently continue an old run; ``resume=`` is the explicit way to do that.
