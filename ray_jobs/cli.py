@@ -104,7 +104,9 @@ def quickstart_cmd(
 
 @app.command("plan")
 def plan_cmd(
-    ckpt: str = typer.Argument(..., help="checkpoint directory"),
+    ckpt: str = typer.Argument(
+        ..., help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
+    ),
     overrides: list[str] | None = OVERRIDES,
     json_out: bool = typer.Option(False, "--json", help="print the results JSON to stdout"),
     use_ray: bool = typer.Option(False, "--ray/--no-ray", help="episodes in Ray env actors, or in-process"),
@@ -121,7 +123,7 @@ def plan_cmd(
     try:
         result, _, out_dir = plan_checkpoint(ckpt, overrides or [], use_ray=use_ray, planner_actor=planner_actor,
                                              out=out)  # fmt: skip
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else summary_line(result, out_dir))
 

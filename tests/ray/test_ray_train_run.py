@@ -90,12 +90,12 @@ def test_mlflow_run_record(trained):
 
 def test_registered_version_resolves_to_loadable_checkpoint(trained, tmp_path):
     from dinowm_core import load_world_model
-    from ray_jobs.tracking import resolve_checkpoint
+    from ray_jobs.tracking import local_checkpoint
 
     outcome, out = trained
     _, uri = _client(out)
     for ref in (f"models:/dinowm-world-model/{outcome.model_version}", "dinowm-world-model"):
-        path = resolve_checkpoint(ref, uri, tmp_path / ref.replace("/", "_").replace(":", ""))
+        path = local_checkpoint(ref, uri, cache_dir=tmp_path)
         resolved = load_world_model(path).state_dict()
         original = load_world_model(outcome.checkpoint).state_dict()
         assert all(torch.equal(resolved[k], original[k]) for k in original)
