@@ -108,7 +108,9 @@ def plan_cmd(
         ..., help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
     ),
     overrides: list[str] | None = OVERRIDES,
-    json_out: bool = typer.Option(False, "--json", help="print the results JSON to stdout"),
+    json_out: bool = typer.Option(
+        False, "--json", help="print the results JSON to stdout (the output dir goes to stderr)"
+    ),
     use_ray: bool = typer.Option(False, "--ray/--no-ray", help="episodes in Ray env actors, or in-process"),
     planner_actor: bool = typer.Option(
         False, "--planner-actor", help="with --ray: the model in a planner actor"
@@ -125,6 +127,8 @@ def plan_cmd(
                                              out=out)  # fmt: skip
     except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         _fail(str(e))
+    if json_out:
+        typer.echo(f"results in {out_dir}", err=True)  # stdout stays one JSON document
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else summary_line(result, out_dir))
 
 

@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.json:
+        print(f"results in {out_dir}", file=sys.stderr)  # stdout stays one JSON document
     print(json.dumps(result.to_dict(), indent=2) if args.json else summary_line(result, out_dir))
     return 0
 

@@ -114,7 +114,7 @@ def test_runs_model_downloads_to_the_output_dir_and_not_the_temp_dir(store, tmp_
         assert list(tmp.iterdir()) == []
 
 
-def test_plan_takes_a_run_uri(store, tmp_path, monkeypatch):
+def test_plan_takes_a_run_uri_and_says_where_the_results_are(store, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     res = CliRunner().invoke(app, ["plan", f"runs:/{store['ok']}", f"output_dir={store['out']}", "env=wall",
                                    "planner.cem.num_samples=8", "planner.cem.topk=2", "planner.cem.opt_steps=1",
@@ -122,9 +122,30 @@ def test_plan_takes_a_run_uri(store, tmp_path, monkeypatch):
                                    "--json", "--no-ray", "--out", str(tmp_path)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["pooled"]["n"] == 1  # stdout is the results JSON alone
+    assert f"results in {tmp_path}" in res.stderr
     assert (store["out"] / "models" / f"run-{store['ok']}" / "config.json").is_file()
 
 
 def test_plan_with_an_unknown_reference_exits_2(store):
     res = CliRunner().invoke(app, ["plan", "no-such-run", f"output_dir={store['out']}", "--no-ray"])
     assert res.exit_code == 2 and "no-such-run" in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_module_json_names_the_output_dir_on_stderr(monkeypatch, capsys, tmp_path):
+    from ray_jobs import evaluate
+
+    class Result:
+        def to_dict(self):
+            return {"pooled": {"n": 1}}
+
+    seen = {}
+
+    def fake_plan(ckpt, overrides, **kw):
+        seen["ckpt"] = ckpt
+        return Result(), None, tmp_path
+
+    monkeypatch.setattr(evaluate, "plan_checkpoint", fake_plan)
+    assert evaluate.main(["models:/m@best", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"pooled": {"n": 1}} and f"results in {tmp_path}" in err
+    assert seen["ckpt"] == "models:/m@best"
