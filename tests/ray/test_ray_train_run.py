@@ -109,6 +109,7 @@ def test_runs_cli(trained):
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert rows[0]["name"] == outcome.run_name and rows[0]["status"] == "FINISHED"
+    assert rows[0]["checkpoint"] == f"runs:/{outcome.mlflow_run_id}/checkpoint"
     shown = CliRunner().invoke(app, ["runs", "show", outcome.run_name, "-o", str(out)])
     assert shown.exit_code == 0 and json.loads(shown.output)["metrics"]["step"] == 16
     missing = CliRunner().invoke(app, ["runs", "show", "no-such-run", "-o", str(out)])
