@@ -104,9 +104,13 @@ def quickstart_cmd(
 
 @app.command("plan")
 def plan_cmd(
-    ckpt: str = typer.Argument(..., help="checkpoint directory"),
+    ckpt: str = typer.Argument(
+        ..., help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
+    ),
     overrides: list[str] | None = OVERRIDES,
-    json_out: bool = typer.Option(False, "--json", help="print the results JSON to stdout"),
+    json_out: bool = typer.Option(
+        False, "--json", help="print the results JSON to stdout (the output dir goes to stderr)"
+    ),
     use_ray: bool = typer.Option(False, "--ray/--no-ray", help="episodes in Ray env actors, or in-process"),
     planner_actor: bool = typer.Option(
         False, "--planner-actor", help="with --ray: the model in a planner actor"
@@ -121,8 +125,10 @@ def plan_cmd(
     try:
         result, _, out_dir = plan_checkpoint(ckpt, overrides or [], use_ray=use_ray, planner_actor=planner_actor,
                                              out=out)  # fmt: skip
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         _fail(str(e))
+    if json_out:
+        typer.echo(f"results in {out_dir}", err=True)  # stdout stays one JSON document
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else summary_line(result, out_dir))
 
 

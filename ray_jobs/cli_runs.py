@@ -56,7 +56,7 @@ def list_cmd(
         m = r["metrics"]
         val = f"{m['val/loss']:.4g}" if "val/loss" in m else "-"
         typer.echo(f"{r['name']:<36} {r['status']:<9} {r['start']:<16} {int(m.get('epoch', 0)):>5} "
-                   f"{int(m.get('step', 0)):>7} {val:>9}  {r['checkpoint']}")  # fmt: skip
+                   f"{int(m.get('step', 0)):>7} {val:>9}  {r['checkpoint'] or '-'}")  # fmt: skip
 
 
 @runs_app.command("show")
@@ -79,17 +79,25 @@ def show_cmd(
 @runs_app.command("model")
 def model_cmd(
     ref: str = typer.Argument(
-        ..., help="models:/NAME/VERSION, models:/NAME@ALIAS, NAME (latest) or runs:/ID/checkpoint"
+        ...,
+        help="models:/NAME/VERSION or /NAME@ALIAS, NAME (latest version), runs:/ID[/checkpoint], a run name",
     ),
-    dst: str | None = typer.Option(None, "--dst", help="download directory (default: a temp dir)"),
+    dst: str | None = typer.Option(
+        None, "--dst", help="cache directory (default <output-dir>/models); reused when already downloaded"
+    ),
+    experiment: str = _EXPERIMENT,
     tracking_uri: str | None = _URI,
     output_dir: str = _OUTPUT_DIR,
 ) -> None:
-    """Resolve a registered model version to a local checkpoint directory (prints its path)."""
-    from ray_jobs.tracking import resolve_checkpoint
+    """Resolve a registered model version or a run to a local checkpoint directory (prints its path)."""
+    from pathlib import Path
 
+    from ray_jobs.tracking import local_checkpoint
+
+    cache = Path(dst) if dst else Path(output_dir) / "models"
     try:
-        typer.echo(str(resolve_checkpoint(ref, _uri(tracking_uri, output_dir), dst)))
+        path = local_checkpoint(ref, _uri(tracking_uri, output_dir), cache_dir=cache, experiment=experiment)
     except Exception as e:  # MLflow raises several types for unknown names / versions
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    typer.echo(str(path))

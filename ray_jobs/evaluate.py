@@ -237,6 +237,20 @@ def eval_shortcuts(overrides: list[str]) -> list[str]:
     return out
 
 
+def resolve_plan_checkpoint(ckpt: str, core: list[str], mlflow_cfg: Any) -> Path:
+    """``dinowm plan``'s checkpoint argument -> a local directory: a path, or an MLflow run / model reference
+    (:func:`ray_jobs.tracking.local_checkpoint`) looked up in the store of ``output_dir`` (an override, else
+    the default) and downloaded once into ``<output_dir>/models``."""
+    from dinowm_core.presets import split_overrides
+    from ray_jobs import tracking
+
+    output_dir = dict(split_overrides(core)).get("output_dir", Config.model_fields["output_dir"].default)
+    uri = tracking.tracking_uri(mlflow_cfg.tracking_uri, output_dir)
+    return tracking.local_checkpoint(
+        ckpt, uri, cache_dir=Path(output_dir) / "models", experiment=mlflow_cfg.experiment
+    )
+
+
 def plan_checkpoint(
     ckpt: str,
     overrides: list[str],
@@ -247,11 +261,13 @@ def plan_checkpoint(
 ) -> tuple[EvalResult, Config, Path]:
     """Evaluate planning with a checkpoint and record it in MLflow -> (result, resolved config, output dir).
 
+    ``ckpt``: a checkpoint directory or an MLflow reference (``runs:/ID[/checkpoint]``, ``models:/NAME/VERSION``,
+    ``models:/NAME@ALIAS``, a registered model or run name: :func:`resolve_plan_checkpoint`).
     ``overrides``: model keys on top of the checkpoint's config and the env's planning preset
     (``dinowm_core.presets.plan_config``), evaluation keys with or without ``eval.``, and job keys (``ray.*``,
     ``mlflow.*``). ``use_ray``: episodes in env actors (``planner_actor``: the model in a planner actor) or
-    in-process. Raises ``ConfigError`` / ``CheckpointError`` / ``ValueError`` / ``FileNotFoundError`` with a
-    message for the user.
+    in-process. Raises ``ConfigError`` / ``CheckpointError`` / ``ValueError`` / ``FileNotFoundError`` /
+    ``LookupError`` with a message for the user.
     """
     from dinowm_core.evaluation.loop import check_model_env, evaluate
     from dinowm_core.presets import plan_config
@@ -262,17 +278,18 @@ def plan_checkpoint(
 
     core, job_overrides = split_job_overrides(overrides)
     job = load_job_config(job_overrides)
-    trained = load_config_from_checkpoint(ckpt)
+    ckpt_dir = resolve_plan_checkpoint(ckpt, core, job.mlflow)
+    trained = load_config_from_checkpoint(ckpt_dir)
     cfg = plan_config(trained, eval_shortcuts(core))
     check_model_env(cfg, trained)
-    out_dir = Path(
-        out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{Path(ckpt).name}"
-    )
+    out_dir = Path(out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{ckpt_dir.name}")
     if use_ray:
         connect(job.ray)
-        result = evaluate_on_ray(ckpt, cfg, planner="actor" if planner_actor else "local", out_dir=out_dir)
+        result = evaluate_on_ray(
+            ckpt_dir, cfg, planner="actor" if planner_actor else "local", out_dir=out_dir
+        )
     else:
-        result = evaluate(load_world_model(ckpt), cfg, out_dir=out_dir)
+        result = evaluate(load_world_model(ckpt_dir), cfg, out_dir=out_dir)
     tracking.log_evaluation(result, cfg, job.mlflow, out_dir, ckpt)
     return result, cfg, out_dir
 
@@ -292,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Evaluate planning with a checkpoint, episodes in Ray env actors."
     )
-    ap.add_argument("ckpt", help="checkpoint directory")
+    ap.add_argument(
+        "ckpt", help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides: env=wall n_evals=50 ray.address=auto ...")
     ap.add_argument("--planner-actor", action="store_true", help="the model in a planner actor")
     ap.add_argument("--out", "-o", default=None, help="output dir (default output_dir/plan/<time>)")
@@ -302,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, _, out_dir = plan_checkpoint(args.ckpt, args.overrides, planner_actor=args.planner_actor,
                                              out=args.out)  # fmt: skip
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.json:
+        print(f"results in {out_dir}", file=sys.stderr)  # stdout stays one JSON document
     print(json.dumps(result.to_dict(), indent=2) if args.json else summary_line(result, out_dir))
     return 0
 

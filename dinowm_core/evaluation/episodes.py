@@ -162,6 +162,11 @@ class EpisodeGroup:
         done = np.array([r.done for r in active])
         return stack_obs([r.obs for r in active]), stack_obs(goals), done
 
+    def progress(self) -> tuple[np.ndarray, np.ndarray]:
+        """(done, at the goal now) flags of the active slots: what a progress line reports."""
+        active = self.runners[: self.n_active]
+        return np.array([r.done for r in active]), np.array([bool(r.last_eval["success"]) for r in active])
+
     def step(self, actions: np.ndarray) -> list[int]:
         """actions (n_active, n, d): each slot runs its row (finished slots run nothing)."""
         return [r.step(a) for r, a in zip(self.runners[: self.n_active], actions, strict=True)]

@@ -31,6 +31,7 @@ the reference's visual distance wraps around on uint8 images (bug 13), ours is t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,6 +52,9 @@ from dinowm_core.presets import resolve_goal_H
 log = logging.getLogger(__name__)
 
 Call = Callable[[Sequence[Any], str, Sequence[tuple]], list[Any]]
+
+#: seconds between progress lines of a running batch (a long evaluation would otherwise be silent for minutes)
+PROGRESS_INTERVAL_S = 10.0
 
 
 def local_call(groups: Sequence[Any], method: str, args: Sequence[tuple]) -> list[Any]:
@@ -103,15 +107,60 @@ class Episodes:
     def results(self) -> list[dict[str, Any]]:
         return [r for part in self.call(self._groups(), "results", [()] * len(self.active)) for r in part]
 
+    def progress(self) -> tuple[np.ndarray, np.ndarray]:
+        """(done, at the goal now) flags of every episode, in episode order."""
+        parts = self.call(self._groups(), "progress", [()] * len(self.active))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class BatchProgress:
+    """Progress lines of a running batch, at most one per :data:`PROGRESS_INTERVAL_S` seconds, e.g.
+    ``seed 0: step 3/10, 12/50 episodes done, 7 at the goal now, ETA 1m05s``. The episodes are asked for their
+    state only when a line is due; the step total follows from the most env steps one step executed."""
+
+    def __init__(self, episodes: Episodes, seed: int, budget: int | None) -> None:
+        self.episodes, self.seed, self.budget = episodes, seed, budget
+        self.t0 = self.last = time.perf_counter()
+        self.steps = self.chunk = 0
+
+    def update(self, executed: Sequence[int]) -> None:
+        self.steps += 1
+        self.chunk = max(self.chunk, *executed, 0)
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        done, success = self.episodes.progress()
+        step, eta = f"{self.steps}", ""
+        if self.budget and self.chunk:
+            total = max(self.steps, math.ceil(self.budget / self.chunk))
+            step = f"{self.steps}/{total}"
+            if not done.all():
+                eta = f", ETA {_duration((now - self.t0) / self.steps * (total - self.steps))}"
+        log.info("seed %d: step %s, %d/%d episodes done, %d at the goal now%s", self.seed, step, done.sum(),
+                 len(done), success.sum(), eta)  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
+
 
 def run_batch(
-    episodes: Episodes, policy: Policy, targets: list[Target], seed: int, n_record: int
+    episodes: Episodes,
+    policy: Policy,
+    targets: list[Target],
+    seed: int,
+    n_record: int,
+    budget: int | None = None,
 ) -> list[EpisodeOutcome]:
-    """Run one batch of episodes to the end of their budget; returns the episode results in target order."""
+    """Run one batch of episodes to the end of their budget; returns the episode results in target order.
+    ``budget`` (env steps) only sizes the progress lines' step total and ETA."""
     episodes.reset(targets, [i < n_record for i in range(len(targets))])
     policy.reset([t.episode_seed for t in targets], seed)
     plan_s = np.zeros(len(targets))
     calls = np.zeros(len(targets), np.int64)
+    progress = BatchProgress(episodes, seed, budget)
     while True:
         obs, goal, done = episodes.observe()
         if done.all():
@@ -125,7 +174,7 @@ def run_batch(
             )
         plan_s[~done] += elapsed / max(1, int((~done).sum()))  # a batched call's time, shared by its episodes
         calls[~done] += 1
-        episodes.step(actions)
+        progress.update(episodes.step(actions))
         if not policy.closed_loop:
             break
     final, goal, _ = episodes.observe()
@@ -194,7 +243,8 @@ def run_evaluation(
     for seed in cfg.eval.seeds:
         targets = targets_for_seed(cfg, target_env, seed, dataset, normalizer)
         t0 = time.perf_counter()
-        results = run_batch(episodes, policy, targets, seed, cfg.eval.n_plot_samples)
+        log.info("seed %d: planning %d episodes of %d env steps", seed, len(targets), cfg.eval.budget)
+        results = run_batch(episodes, policy, targets, seed, cfg.eval.n_plot_samples, cfg.eval.budget)
         if imaginer is not None:
             add_imagination(results, imaginer, cfg.frameskip)
         result.per_seed[seed] = [r.metrics for r in results]

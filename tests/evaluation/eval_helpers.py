@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -47,3 +48,30 @@ def tiny_wm(cfg, data: Path | None = None):
 
 def tiny_checkpoint(root: Path, cfg, data: Path | None = None) -> Path:
     return save_world_model(tiny_wm(cfg, data), root / "ckpt")
+
+
+PROGRESS_LINE = re.compile(
+    r"seed (\d+): step (\d+)/(\d+), (\d+)/(\d+) episodes done, (\d+) at the goal now(, ETA \d+m?\d*s)?$"
+)
+
+
+def progress_lines(caplog) -> list[tuple[str, ...]]:
+    """The evaluation loop's progress lines as (seed, step, steps, done, episodes, at goal, ETA or None)."""
+    from dinowm_core.evaluation import loop
+
+    return [m.groups() for r in caplog.records
+            if r.name == loop.__name__ and (m := PROGRESS_LINE.match(r.getMessage()))]  # fmt: skip
+
+
+def check_progress(lines, result, seeds, n, steps) -> None:
+    """One line per planning step; the last step of a seed reports all its episodes done and no ETA."""
+    assert [(int(s), int(k), int(t)) for s, k, t, *_ in lines] == [
+        (s, k, steps) for s in seeds for k in range(1, steps + 1)
+    ]
+    for seed, k, _, done, total, at_goal, eta in lines:
+        assert int(total) == n and (eta is None) == (int(k) == steps)
+        if int(k) == steps:
+            assert int(done) == n
+            assert int(at_goal) == sum(m.success for m in result.per_seed[int(seed)])
+        else:
+            assert int(done) == 0  # a fixed budget without oracle stop: nobody finishes early

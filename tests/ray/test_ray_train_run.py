@@ -90,12 +90,12 @@ def test_mlflow_run_record(trained):
 
 def test_registered_version_resolves_to_loadable_checkpoint(trained, tmp_path):
     from dinowm_core import load_world_model
-    from ray_jobs.tracking import resolve_checkpoint
+    from ray_jobs.tracking import local_checkpoint
 
     outcome, out = trained
     _, uri = _client(out)
     for ref in (f"models:/dinowm-world-model/{outcome.model_version}", "dinowm-world-model"):
-        path = resolve_checkpoint(ref, uri, tmp_path / ref.replace("/", "_").replace(":", ""))
+        path = local_checkpoint(ref, uri, cache_dir=tmp_path)
         resolved = load_world_model(path).state_dict()
         original = load_world_model(outcome.checkpoint).state_dict()
         assert all(torch.equal(resolved[k], original[k]) for k in original)
@@ -109,6 +109,7 @@ def test_runs_cli(trained):
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert rows[0]["name"] == outcome.run_name and rows[0]["status"] == "FINISHED"
+    assert rows[0]["checkpoint"] == f"runs:/{outcome.mlflow_run_id}/checkpoint"
     shown = CliRunner().invoke(app, ["runs", "show", outcome.run_name, "-o", str(out)])
     assert shown.exit_code == 0 and json.loads(shown.output)["metrics"]["step"] == 16
     missing = CliRunner().invoke(app, ["runs", "show", "no-such-run", "-o", str(out)])
