@@ -43,7 +43,7 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recent runs: name, status, key metrics, checkpoint."""
-    from ray_jobs.tracking import list_runs
+    from ray_jobs.runs import list_runs
 
     rows = list_runs(_uri(tracking_uri, output_dir), experiment, limit)
     if json_out:
@@ -67,7 +67,7 @@ def show_cmd(
     output_dir: str = _OUTPUT_DIR,
 ) -> None:
     """One run's status, tags, latest metrics and artifacts (JSON)."""
-    from ray_jobs.tracking import show_run
+    from ray_jobs.runs import show_run
 
     try:
         typer.echo(json.dumps(show_run(_uri(tracking_uri, output_dir), experiment, run), indent=2))
@@ -92,7 +92,7 @@ def model_cmd(
     """Resolve a registered model version or a run to a local checkpoint directory (prints its path)."""
     from pathlib import Path
 
-    from ray_jobs.tracking import local_checkpoint
+    from ray_jobs.runs import local_checkpoint
 
     cache = Path(dst) if dst else Path(output_dir) / "models"
     try:

@@ -239,14 +239,15 @@ def eval_shortcuts(overrides: list[str]) -> list[str]:
 
 def resolve_plan_checkpoint(ckpt: str, core: list[str], mlflow_cfg: Any) -> Path:
     """``dinowm plan``'s checkpoint argument -> a local directory: a path, or an MLflow run / model reference
-    (:func:`ray_jobs.tracking.local_checkpoint`) looked up in the store of ``output_dir`` (an override, else
+    (:func:`ray_jobs.runs.local_checkpoint`) looked up in the store of ``output_dir`` (an override, else
     the default) and downloaded once into ``<output_dir>/models``."""
     from dinowm_core.presets import split_overrides
     from ray_jobs import tracking
+    from ray_jobs.runs import local_checkpoint
 
     output_dir = dict(split_overrides(core)).get("output_dir", Config.model_fields["output_dir"].default)
     uri = tracking.tracking_uri(mlflow_cfg.tracking_uri, output_dir)
-    return tracking.local_checkpoint(
+    return local_checkpoint(
         ckpt, uri, cache_dir=Path(output_dir) / "models", experiment=mlflow_cfg.experiment
     )
 
@@ -274,15 +275,16 @@ def plan_checkpoint(
     from dinowm_core.training.checkpoint import load_config_from_checkpoint, load_world_model
     from ray_jobs import tracking
     from ray_jobs.cluster import connect
-    from ray_jobs.job_config import load_job_config, split_job_overrides
+    from ray_jobs.job_config import load_job_config, resolve_paths, split_job_overrides
 
     core, job_overrides = split_job_overrides(overrides)
     job = load_job_config(job_overrides)
-    ckpt_dir = resolve_plan_checkpoint(ckpt, core, job.mlflow)
+    ckpt_dir = resolve_plan_checkpoint(ckpt, core, job.mlflow).resolve()  # actors load it from elsewhere
     trained = load_config_from_checkpoint(ckpt_dir)
-    cfg = plan_config(trained, eval_shortcuts(core))
+    cfg, job = resolve_paths(plan_config(trained, eval_shortcuts(core)), job)
     check_model_env(cfg, trained)
     out_dir = Path(out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{ckpt_dir.name}")
+    out_dir = out_dir.resolve()
     if use_ray:
         connect(job.ray)
         result = evaluate_on_ray(

@@ -62,7 +62,7 @@ def test_runs_list_shows_a_checkpoint_only_for_runs_that_logged_one(store):
     ],
 )
 def test_every_reference_form_resolves_to_the_logged_checkpoint(store, tmp_path, ref):
-    from ray_jobs.tracking import local_checkpoint
+    from ray_jobs.runs import local_checkpoint
 
     ref = ref.format(ok=store["ok"], model=MODEL, version=store["version"])
     path = local_checkpoint(ref, store["uri"], cache_dir=tmp_path / "models", experiment="dinowm")
@@ -88,7 +88,7 @@ def test_every_reference_form_resolves_to_the_logged_checkpoint(store, tmp_path,
     ],
 )
 def test_unresolvable_references_fail_with_a_message(store, tmp_path, ref, error, message):
-    from ray_jobs.tracking import local_checkpoint
+    from ray_jobs.runs import local_checkpoint
 
     ids = {"failed": store["failed"], "plan": store["plan"], "model": MODEL}
     with pytest.raises(error) as info:

@@ -24,7 +24,7 @@ def test_plan_json(ckpt, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     res = _plan(ckpt, "env=wall", "planner=mpc_cem", "planner.cem.num_samples=8", "planner.cem.topk=2",
                 "planner.cem.opt_steps=1", "goal_source=random_state", "n_evals=2", "budget=10", "seeds=[0,1]",
-                "n_plot_samples=0", "--json", "--no-ray", "--out", str(tmp_path))  # fmt: skip
+                "n_plot_samples=0", f"output_dir={tmp_path}", "--json", "--no-ray", "--out", str(tmp_path))  # fmt: skip
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["protocol"]["budget"] == 10 and data["protocol"]["seeds"] == [0, 1]

@@ -4,6 +4,7 @@ never rewrites its record; a worker failure is one line for the user and a trace
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_a_failed_resume_keeps_the_finished_record(finished, tmp_path):
         train.run(cfg, job, resume=outcome.run_dir, metric_callbacks=[FailAlways("no disk left (test)")])
     e = failed.value
     assert e.cause == "RuntimeError: no disk left (test)" and "\n" not in e.cause
-    log = open(e.log_file).read()
+    log = Path(e.log_file).read_text()
     assert "Traceback" in log and "faults.py" in log  # the whole story stays in the run's log
     assert e.log_file.startswith(RunPlan(outcome.run_name, storage_root(cfg, job.ray)).run_dir)
     run = _run(home)[1](outcome.mlflow_run_id)

@@ -90,7 +90,7 @@ def test_mlflow_run_record(trained):
 
 def test_registered_version_resolves_to_loadable_checkpoint(trained, tmp_path):
     from dinowm_core import load_world_model
-    from ray_jobs.tracking import local_checkpoint
+    from ray_jobs.runs import local_checkpoint
 
     outcome, out = trained
     _, uri = _client(out)
