@@ -238,6 +238,7 @@ class _Run:
                                         num_hist=cfg.num_hist, seed=t.seed)  # fmt: skip
         self.last_ckpt: Path | None = None
         self.saved_at_step = -1
+        self.checkpoint_due = False  # a step checkpoint fell on the last step of run_epoch: fit writes it
 
     def _loader(self, ds, sampler, gen) -> DataLoader:
         w = self.cfg.data.num_workers
@@ -309,9 +310,16 @@ class _Run:
                 row |= {"time/step_s": dt, "time/samples_per_s": self.batch * self.world / dt}
                 hooks.log_metrics(finite(row), pos.global_step)
                 window, n_window, tick = {}, 0, time.perf_counter()
+            last = pos.global_step >= self.total_steps or pos.batch_in_epoch >= self.steps_per_epoch
             if t.checkpoint_every_steps and pos.global_step % t.checkpoint_every_steps == 0:
-                ckpt = self.checkpoint()
-                hooks.report({"epoch": pos.epoch, "step": pos.global_step}, ckpt)
+                if last:
+                    # fit reports right after this loop: that one report carries the checkpoint (and the
+                    # epoch's metrics). Reporting here too would hand Ray one directory twice, and pruning
+                    # the older registration deletes the files the newer one points at.
+                    self.checkpoint_due = True
+                else:
+                    ckpt = self.checkpoint()
+                    hooks.report({"epoch": pos.epoch, "step": pos.global_step}, ckpt)
             if pos.global_step >= self.total_steps:
                 break
         if pos.batch_in_epoch >= self.steps_per_epoch:
@@ -353,8 +361,9 @@ def fit(cfg: Config, hooks: TrainHooks | None = None) -> FitResult:
                 run.write_artifacts(visuals, f"e{pos.epoch:04d}-s{pos.global_step:08d}")
             _log_progress(run, metrics, time.perf_counter() - epoch_start, pos.global_step - step_before,
                           time.perf_counter() - start, pos.global_step - start_step)  # fmt: skip
-        save = stopping or (finished and pos.epoch % t.save_every_epochs == 0)
+        save = stopping or run.checkpoint_due or (finished and pos.epoch % t.save_every_epochs == 0)
         ckpt = run.checkpoint() if save else None
+        run.checkpoint_due = False
         hooks.report(finite(metrics), ckpt if main else None)
     return FitResult(steps=pos.global_step, epochs=pos.epoch, metrics=metrics, checkpoint=run.last_ckpt)
 
