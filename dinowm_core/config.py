@@ -172,7 +172,14 @@ class TrainingConfig(ConfigModel):
     compile: bool = Field(False, description="torch.compile the predictor")
     save_every_epochs: int = Field(1, gt=0)
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
-    log_every_steps: int = Field(10, gt=0)
+    log_every_steps: int = Field(10, gt=0, description="period of the per-step metrics rows (MLflow)")
+    progress_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds between console progress lines of the main rank (step, loss, steps/s, ETA; "
+        "validation batches): time-based so a 20-step run and a 100k-step run both print about twice a "
+        "minute; 0 = every step. Epoch ends and validation start/end are always printed",
+    )
     num_val_rollouts: int = Field(10, ge=0)
     num_reconstruct_samples: int = Field(6, ge=0)
     val_max_batches: int | None = Field(None, gt=0, description="cap on validation batches (None = all)")

@@ -197,9 +197,10 @@ class RayTrainHooks(TrainHooks):
     def _prune_local_checkpoints(self, keep: Path | None) -> None:
         """Ray has the reported checkpoint; staged ones before it are garbage.
 
-        The latest stays staged until :meth:`remove_staging`: the loop may report the same directory again (a
-        mid-epoch and an end-of-epoch report at one step), rank 0 logs the final one to MLflow after ``fit``,
-        and with ``num_workers=0`` Ray's result points at it (nothing is copied to storage).
+        The latest stays staged until :meth:`remove_staging`: rank 0 logs the final one to MLflow after ``fit``,
+        and with ``num_workers=0`` Ray's result points at it (nothing is copied to storage). The loop reports
+        each checkpoint directory once: Ray deletes a pruned registration's files, even when a newer
+        registration points at the same directory.
         """
         root = self.checkpoint_root()
         if keep is None or not root.is_dir():

@@ -6,7 +6,8 @@ through :class:`~dinowm_core.training.hooks.TrainHooks`; a plain process uses th
     python -m dinowm_core.training.loop env=wall encoder=dino_tiny data.path=data/wall training.epochs=5
 
 Per epoch: train (per-component optimizers, see ``optim.py``), validate (loss terms under ``no_grad``, open-loop
-rollout errors, image metrics), write a checkpoint on the main rank, and ``hooks.report`` on every rank.
+rollout errors, image metrics), write a checkpoint on the main rank, and ``hooks.report`` on every rank. The
+main rank logs its progress to the console (``progress.py``: step lines with loss and ETA, validation).
 
 Deliberate deviations from the reference, all fixes: ``training.epochs`` is the total (a resumed run does not
 train another full ``epochs``); resume restores optimizers, schedulers, RNG streams and the position inside the
@@ -23,6 +24,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,7 @@ from dinowm_core.training.optim import (
     maybe_compile,
     trainable_parameters,
 )
+from dinowm_core.training.progress import Progress
 from dinowm_core.training.state import Position, restore_train_state, seed_everything, train_state
 
 log = logging.getLogger(__name__)
@@ -136,13 +139,21 @@ def _image_batch(wm: WorldModel, obs: dict, act: torch.Tensor) -> tuple[dict[str
     return metrics, {"truth": obs["visual"], "pred": pred, "recon": recon}
 
 
+def num_val_batches(loader: DataLoader, cfg: Config) -> int:
+    cap = cfg.training.val_max_batches
+    return len(loader) if cap is None else min(len(loader), cap)
+
+
 @torch.no_grad()
-def validate(wm, loader, rollouts, cfg: Config, device, amp) -> tuple[dict[str, float], dict]:
+def validate(wm, loader, rollouts, cfg: Config, device, amp,
+             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], dict]:  # fmt: skip
+    """Validation metrics and the first batch's images; ``progress(done, total)`` after each batch."""
     wm.eval()
     sums: dict[str, float] = {}
     count, visuals = 0, {}
+    total = num_val_batches(loader, cfg)
     for b, (obs, act, _) in enumerate(loader):
-        if cfg.training.val_max_batches is not None and b >= cfg.training.val_max_batches:
+        if b >= total:
             break
         obs, act = to_device(obs, device), to_device(act, device)
         with autocast(device, amp):
@@ -153,6 +164,8 @@ def validate(wm, loader, rollouts, cfg: Config, device, amp) -> tuple[dict[str, 
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         count += n
+        if progress is not None:
+            progress(b + 1, total)
     out = {k: v / max(count, 1) for k, v in sums.items()}
     if visuals:
         out.update(img_metrics)
@@ -220,6 +233,9 @@ class _Run:
             raise DatasetError(f"{cfg.data.path}: no training windows (episodes shorter than a window?)")
         total = t.epochs * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
+        self.progress = Progress(enabled=hooks.is_main(), every_s=t.progress_every_s, epochs=t.epochs,
+                                 total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                                 samples_per_step=self.batch * self.world)  # fmt: skip
         self.optimizers: dict[str, Optimizer] = build_optimizers(self.wm, cfg)
         self.schedulers = build_schedulers(self.optimizers, cfg, self.total_steps)
         self.pos = Position()
@@ -238,6 +254,7 @@ class _Run:
                                         num_hist=cfg.num_hist, seed=t.seed)  # fmt: skip
         self.last_ckpt: Path | None = None
         self.saved_at_step = -1
+        self.checkpoint_due = False  # a step checkpoint fell on the last step of run_epoch: fit writes it
 
     def _loader(self, ds, sampler, gen) -> DataLoader:
         w = self.cfg.data.num_workers
@@ -291,6 +308,7 @@ class _Run:
         window: dict[str, float] = {}
         n_epoch = n_window = 0
         tick = time.perf_counter()
+        self.progress.window_start(pos.global_step)
         for obs, act, _ in self.train_loader:
             obs, act = to_device(obs, self.device), to_device(act, self.device)
             metrics = train_step(self.model, self.optimizers, self.schedulers, obs, act, self.cfg,
@@ -309,9 +327,18 @@ class _Run:
                 row |= {"time/step_s": dt, "time/samples_per_s": self.batch * self.world / dt}
                 hooks.log_metrics(finite(row), pos.global_step)
                 window, n_window, tick = {}, 0, time.perf_counter()
+            last = pos.global_step >= self.total_steps or pos.batch_in_epoch >= self.steps_per_epoch
+            self.progress.step(pos.epoch, pos.batch_in_epoch, pos.global_step, metrics.get("loss", math.nan),
+                               last=last)  # fmt: skip
             if t.checkpoint_every_steps and pos.global_step % t.checkpoint_every_steps == 0:
-                ckpt = self.checkpoint()
-                hooks.report({"epoch": pos.epoch, "step": pos.global_step}, ckpt)
+                if last:
+                    # fit reports right after this loop: that one report carries the checkpoint (and the
+                    # epoch's metrics). Reporting here too would hand Ray one directory twice, and pruning
+                    # the older registration deletes the files the newer one points at.
+                    self.checkpoint_due = True
+                else:
+                    ckpt = self.checkpoint()
+                    hooks.report({"epoch": pos.epoch, "step": pos.global_step}, ckpt)
             if pos.global_step >= self.total_steps:
                 break
         if pos.batch_in_epoch >= self.steps_per_epoch:
@@ -319,8 +346,13 @@ class _Run:
         return {f"train/{k}": v / max(n_epoch, 1) for k, v in sums.items()}
 
     def val_metrics(self) -> tuple[dict[str, float], dict]:
-        metrics, visuals = validate(self.wm, self.val_loader, self.rollouts, self.cfg, self.device, self.amp)
-        return self.hooks.all_reduce_mean({f"val/{k}": v for k, v in metrics.items()}), visuals
+        rollouts = len(self.rollouts) if self.wm.predictor is not None else 0
+        self.progress.validation_start(num_val_batches(self.val_loader, self.cfg), rollouts)
+        metrics, visuals = validate(self.wm, self.val_loader, self.rollouts, self.cfg, self.device, self.amp,
+                                    self.progress.validation_batch)  # fmt: skip
+        metrics = self.hooks.all_reduce_mean({f"val/{k}": v for k, v in metrics.items()})
+        self.progress.validation_end(metrics)
+        return metrics, visuals
 
 
 def fit(cfg: Config, hooks: TrainHooks | None = None) -> FitResult:
@@ -338,7 +370,7 @@ def fit(cfg: Config, hooks: TrainHooks | None = None) -> FitResult:
         val, _ = run.val_metrics()
         if main:
             hooks.log_metrics(finite(val), 0)
-    start, start_step = time.perf_counter(), pos.global_step
+    run.progress.start(pos.global_step)
     while not run.done:
         epoch_start, step_before, epoch = time.perf_counter(), pos.global_step, pos.epoch
         train = hooks.all_reduce_mean(run.run_epoch())
@@ -351,23 +383,13 @@ def fit(cfg: Config, hooks: TrainHooks | None = None) -> FitResult:
             period = t.artifacts_every_epochs
             if stopping or (finished and period and pos.epoch % period == 0):
                 run.write_artifacts(visuals, f"e{pos.epoch:04d}-s{pos.global_step:08d}")
-            _log_progress(run, metrics, time.perf_counter() - epoch_start, pos.global_step - step_before,
-                          time.perf_counter() - start, pos.global_step - start_step)  # fmt: skip
-        save = stopping or (finished and pos.epoch % t.save_every_epochs == 0)
+            run.progress.epoch_end(epoch + 1, pos.global_step, metrics, time.perf_counter() - epoch_start,
+                                   pos.global_step - step_before)  # fmt: skip
+        save = stopping or run.checkpoint_due or (finished and pos.epoch % t.save_every_epochs == 0)
         ckpt = run.checkpoint() if save else None
+        run.checkpoint_due = False
         hooks.report(finite(metrics), ckpt if main else None)
     return FitResult(steps=pos.global_step, epochs=pos.epoch, metrics=metrics, checkpoint=run.last_ckpt)
-
-
-def _log_progress(run: _Run, m: dict[str, float], epoch_s: float, epoch_steps: int, total_s: float,
-                  total_steps: int) -> None:  # fmt: skip
-    rate = total_steps / total_s if total_s > 0 else 0.0
-    eta = (run.total_steps - run.pos.global_step) / rate if rate > 0 else math.inf
-    samples_s = epoch_steps * run.batch * run.world / epoch_s if epoch_s > 0 else 0.0
-    log.info("epoch %d/%d step %d/%d | train/loss %.4g val/loss %.4g | %.1f samples/s | ETA %s",
-             run.pos.epoch, run.cfg.training.epochs, run.pos.global_step, run.total_steps,
-             m.get("train/loss", math.nan), m.get("val/loss", math.nan), samples_s,
-             time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> FitResult:
