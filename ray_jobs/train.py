@@ -183,7 +183,8 @@ def run(
             storage_path=plan.storage_path,
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
-            # Ray's INFO lines echo every report's full metrics dict; our workers print one line per epoch.
+            # Ray's INFO lines echo every report's full metrics dict; our workers print progress lines (steps,
+            # validation, epochs).
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
