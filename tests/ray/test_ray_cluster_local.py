@@ -1,13 +1,15 @@
-"""The embedded cluster of ``ray_jobs.cluster.connect`` listens on the loopback interface only.
+"""The embedded cluster of ``ray_jobs.cluster.connect``: loopback only, and gone with its process.
 
 Each test starts it in a fresh driver subprocess whose ``$TMPDIR`` is a new short directory: that directory is
-the marker that finds the cluster's processes (they all inherit the environment).
+both where the cluster's files go and the marker that finds its processes (they all inherit the environment).
+The session cluster of the other Ray tests is only joined, never stopped.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SERVERS = ("gcs_server", "raylet", "dashboard.py", "DashboardAgent", "RuntimeEnvAgent")
 
-# Starts a cluster, runs a task, says "ready" and exits when told on stdin.
+# Starts (or joins) a cluster, runs a task, says "ready" and then ends as told on stdin: "exit", "error" (an
+# exception), "disconnect" (explicitly, then exit) or nothing (the test sends SIGINT).
 DRIVER = r"""
 import sys
 import ray
@@ -35,12 +38,19 @@ started = cluster.connect(RayConfig())
 ray.get(ray.remote(lambda: 1).remote())
 print("ready", started, ray._private.worker._global_node.get_session_dir_path(), flush=True)
 how = sys.stdin.readline().strip()
+if how == "error":
+    raise RuntimeError("the command failed")
+if how == "disconnect":
+    cluster.disconnect()
 """
 
 
-def _env(tmp: str) -> dict[str, str]:
+def _env(tmp: str, join: str | None = None) -> dict[str, str]:
+    """The driver's environment: an embedded cluster, or ``join`` that address."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
     env.update(TMPDIR=tmp, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    if join:
+        env["RAY_ADDRESS"] = join
     return env
 
 
@@ -60,6 +70,9 @@ class Driver:
         return line.split()
 
     def end(self, how: str) -> tuple[str, str]:
+        if how == "interrupt":  # Ctrl-C: SIGINT to the whole foreground process group
+            os.killpg(self.proc.pid, signal.SIGINT)
+            how = ""
         out, err = self.proc.communicate(how + "\n", timeout=120)
         return out, err
 
@@ -85,7 +98,7 @@ def test_embedded_cluster_listens_on_loopback_only(short_tmp):
     with SocketWatch(short_tmp) as watch:
         driver = Driver(_env(short_tmp))
         try:
-            driver.ready()
+            _, started, *_ = driver.ready()
             # The node's agents start a few seconds after the driver is connected.
             deadline = time.monotonic() + 60
             while not all(s in watch.owners() for s in SERVERS) and time.monotonic() < deadline:
@@ -100,3 +113,35 @@ def test_embedded_cluster_listens_on_loopback_only(short_tmp):
             f"no listening socket of {server} seen: {sorted(map(str, watch.sockets))}"
         )
     assert watch.not_loopback() == [], "\n".join(map(str, watch.not_loopback()))
+    assert started == "True"
+
+
+@pytest.mark.parametrize("how", ["exit", "error", "interrupt", "disconnect"])
+def test_embedded_cluster_leaves_the_temp_dir_as_it_found_it(short_tmp, how):
+    (Path(short_tmp) / "mine.txt").write_text("not Ray's")
+    driver = Driver(_env(short_tmp))
+    try:
+        _, _, session = driver.ready()
+        assert Path(session).is_relative_to(Path(short_tmp) / "dwm-ray")
+        _, err = driver.end(how)
+    finally:
+        left = driver.stop_leftovers()
+    assert driver.proc.returncode == (0 if how in ("exit", "disconnect") else 1), err[-3000:]
+    assert ("KeyboardInterrupt" in err) == (how == "interrupt")
+    assert os.listdir(short_tmp) == ["mine.txt"]
+    assert left == []
+
+
+def test_a_joined_cluster_is_left_alone(ray_cluster, short_tmp):
+    address = ray_cluster.get_runtime_context().gcs_address
+    session = Path(ray_cluster._private.worker._global_node.get_session_dir_path())
+    driver = Driver(_env(short_tmp, join=address))
+    try:
+        _, started, joined = driver.ready()
+        _, err = driver.end("disconnect")
+    finally:
+        driver.stop_leftovers()
+    assert driver.proc.returncode == 0, err[-3000:]
+    assert started == "False" and Path(joined) == session
+    assert session.is_dir() and (session.parent / "session_latest").exists()
+    assert ray_cluster.get(ray_cluster.remote(lambda: 1).remote()) == 1
