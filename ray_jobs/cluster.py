@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -31,7 +32,9 @@ LOOPBACK = "127.0.0.1"
 _LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Unless already set:
 # - gloo (DDP between CPU Train workers) listens on the address the host name resolves to, maybe a routable one.
-_DEFAULTS: dict[str, str] = {}
+# - Ray Train's preemption watcher polls for node drains, which a one-machine cluster never has, and its
+#   actor makes every worker group start log an "E core_worker.cc ... PreemptionWatcher" line.
+_DEFAULTS: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 if os.path.isdir("/sys/class/net/lo"):
     _DEFAULTS["GLOO_SOCKET_IFNAME"] = "lo"
 
@@ -46,6 +49,17 @@ def temp_dir() -> Path:
     return Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "dwm-ray"
 
 
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" warning.
+
+    Token auth is what an embedded cluster should have, so the notice (which suggests opting out) is no news;
+    the warning for a cluster that runs *without* token auth still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
 @contextlib.contextmanager
 def _embedded_start() -> Iterator[None]:
     """The settings :func:`connect` starts an embedded cluster with; this process is restored afterwards."""
@@ -54,11 +68,15 @@ def _embedded_start() -> Iterator[None]:
     env = {**_LOCAL_ONLY, **{k: v for k, v in _DEFAULTS.items() if k not in os.environ}}
     saved_env = {k: os.environ.get(k) for k in env}
     saved_local = ray_constants.ENABLE_RAY_CLUSTER
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _TokenAuthNotice()
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import, so the environment alone is too late here
+    auth_log.addFilter(notice)
     try:
         yield
     finally:
+        auth_log.removeFilter(notice)
         ray_constants.ENABLE_RAY_CLUSTER = saved_local
         for key, value in saved_env.items():
             if value is None:

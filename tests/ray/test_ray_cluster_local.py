@@ -1,4 +1,4 @@
-"""The embedded cluster of ``ray_jobs.cluster.connect``: loopback only, and gone with its process.
+"""The embedded cluster of ``ray_jobs.cluster.connect``: loopback only, quiet, and gone with its process.
 
 Each test starts it in a fresh driver subprocess whose ``$TMPDIR`` is a new short directory: that directory is
 both where the cluster's files go and the marker that finds its processes (they all inherit the environment).
@@ -29,14 +29,17 @@ SERVERS = ("gcs_server", "raylet", "dashboard.py", "DashboardAgent", "RuntimeEnv
 # Starts (or joins) a cluster, runs a task, says "ready" and then ends as told on stdin: "exit", "error" (an
 # exception), "disconnect" (explicitly, then exit) or nothing (the test sends SIGINT).
 DRIVER = r"""
-import sys
+import os, sys
 import ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
 from ray_jobs import cluster
 from ray_jobs.job_config import RayConfig
 
 started = cluster.connect(RayConfig())
-ray.get(ray.remote(lambda: 1).remote())
-print("ready", started, ray._private.worker._global_node.get_session_dir_path(), flush=True)
+env = ray.get(ray.remote(lambda: dict(os.environ)).remote())
+print("ready", started, ray._private.worker._global_node.get_session_dir_path(),
+      get_authentication_mode() == AuthenticationMode.TOKEN, env.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"),
+      flush=True)
 how = sys.stdin.readline().strip()
 if how == "error":
     raise RuntimeError("the command failed")
@@ -46,8 +49,9 @@ if how == "disconnect":
 
 
 def _env(tmp: str, join: str | None = None) -> dict[str, str]:
-    """The driver's environment: an embedded cluster, or ``join`` that address."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+    """The driver's environment: an embedded cluster with Ray's default auth mode, or ``join`` that address."""
+    drop = ("RAY_ADDRESS", "RAY_TMPDIR") if join else ("RAY_ADDRESS", "RAY_TMPDIR", "RAY_AUTH_MODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(TMPDIR=tmp, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     if join:
         env["RAY_ADDRESS"] = join
@@ -94,11 +98,11 @@ def short_tmp():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_embedded_cluster_listens_on_loopback_only(short_tmp):
+def test_embedded_cluster_listens_on_loopback_only_and_keeps_token_auth_quietly(short_tmp):
     with SocketWatch(short_tmp) as watch:
         driver = Driver(_env(short_tmp))
         try:
-            _, started, *_ = driver.ready()
+            _, started, _, token_auth, preemption_watcher = driver.ready()
             # The node's agents start a few seconds after the driver is connected.
             deadline = time.monotonic() + 60
             while not all(s in watch.owners() for s in SERVERS) and time.monotonic() < deadline:
@@ -113,7 +117,10 @@ def test_embedded_cluster_listens_on_loopback_only(short_tmp):
             f"no listening socket of {server} seen: {sorted(map(str, watch.sockets))}"
         )
     assert watch.not_loopback() == [], "\n".join(map(str, watch.not_loopback()))
-    assert started == "True"
+    # What used to print on every run without telling the user anything.
+    assert "Token authentication is enabled" not in err
+    assert preemption_watcher == "0"  # Ray Train's drain watcher: a one-machine cluster is never drained
+    assert started == "True" and token_auth == "True"
 
 
 @pytest.mark.parametrize("how", ["exit", "error", "interrupt", "disconnect"])
@@ -121,7 +128,7 @@ def test_embedded_cluster_leaves_the_temp_dir_as_it_found_it(short_tmp, how):
     (Path(short_tmp) / "mine.txt").write_text("not Ray's")
     driver = Driver(_env(short_tmp))
     try:
-        _, _, session = driver.ready()
+        _, _, session, *_ = driver.ready()
         assert Path(session).is_relative_to(Path(short_tmp) / "dwm-ray")
         _, err = driver.end(how)
     finally:
@@ -137,7 +144,7 @@ def test_a_joined_cluster_is_left_alone(ray_cluster, short_tmp):
     session = Path(ray_cluster._private.worker._global_node.get_session_dir_path())
     driver = Driver(_env(short_tmp, join=address))
     try:
-        _, started, joined = driver.ready()
+        _, started, joined, *_ = driver.ready()
         _, err = driver.end("disconnect")
     finally:
         driver.stop_leftovers()
