@@ -3,7 +3,8 @@
     listening_sockets(pids)         -> the listening TCP sockets and bound UDP sockets those processes hold now
     with SocketWatch(marker) as w:  ...  then w.sockets: everything seen while the block ran, in processes whose
                                     command line or environment contains ``marker`` (e.g. the temp dir a cluster
-                                    was started with) and in their descendants, polled every ``interval_s``
+                                    was started with) and in their descendants, polled every ``interval_s``;
+                                    w.not_loopback() lists the offenders, w.poll() looks once more right now
     is_loopback(sock.address)       -> True for 127.0.0.0/8 and ::1 (and ::ffff:127.x.x.x)
 
 A socket is matched to its process through the ``socket:[inode]`` links under ``/proc/<pid>/fd`` and the inode
@@ -145,14 +146,16 @@ class SocketWatch:
         self.marker, self.interval_s = marker, interval_s
         self.sockets: set[Socket] = set()
         self.pids: set[int] = set()
+        self._lock = threading.Lock()  # poll() runs in the background thread and may be called directly
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="socket-watch", daemon=True)
 
     def poll(self) -> None:
         pids = pids_with(self.marker)
-        self.pids.update(pids)
         seen = listening_sockets(pids)
-        self.sockets = (self.sockets - seen) | seen  # keep the latest process names
+        with self._lock:
+            self.pids.update(pids)
+            self.sockets = (self.sockets - seen) | seen  # keep the latest process names
 
     def _run(self) -> None:
         while not self._stop.is_set():
