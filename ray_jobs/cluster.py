@@ -34,9 +34,21 @@ _LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # - gloo (DDP between CPU Train workers) listens on the address the host name resolves to, maybe a routable one.
 # - Ray Train's preemption watcher polls for node drains, which a one-machine cluster never has, and its
 #   actor makes every worker group start log an "E core_worker.cc ... PreemptionWatcher" line.
+# - torch creates its compile cache (torchinductor_<user>) in the system temp dir as soon as torch._dynamo is
+#   imported, which the optimizers do; a user cache directory keeps the temp dir clean and the cache warm.
 _DEFAULTS: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 if os.path.isdir("/sys/class/net/lo"):
     _DEFAULTS["GLOO_SOCKET_IFNAME"] = "lo"
+
+
+def torch_cache_dir() -> str:
+    """``$TORCHINDUCTOR_CACHE_DIR``, else ``<$XDG_CACHE_HOME or ~/.cache>/dinowm/torchinductor``."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dinowm" / "torchinductor")
+
+
+_DEFAULTS["TORCHINDUCTOR_CACHE_DIR"] = torch_cache_dir()
 
 _session: Path | None = None  # the session directory of the cluster that connect() started in this process
 
@@ -91,8 +103,8 @@ def connect(ray_cfg: RayConfig) -> bool:
     Returns True when this call started the embedded cluster. It is private to this process:
 
     - every Ray server of it (GCS, raylet, workers, dashboard and its agents) binds 127.0.0.1 only, and
-      token authentication stays on (the one listener it does not control: torch.distributed's rendezvous
-      store, which Ray Train opens on rank 0, listens on every interface);
+      token authentication stays on (torch.distributed's rendezvous store, which Train workers open, is
+      bound by ``ray_jobs.train_backend``);
     - it follows the platform notes for Ray 2.60: explicit CPUs (at least enough for the Train workers, and
       two so an evaluation's planner and env actors fit), an explicit object store size, the short
       :func:`temp_dir` and the dashboard on (without it Train logs "State API may be temporarily

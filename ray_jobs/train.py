@@ -21,6 +21,7 @@ checkpoint leaves them out, the MLflow run records them as params next to the mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -148,7 +149,9 @@ def run(
     travel to the workers pickled, so they must be importable there.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from ray_jobs.train_backend import torch_config
 
     job = job or JobConfig()
     cfg, job = resolve_paths(cfg, job)
@@ -172,7 +175,7 @@ def run(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec,
-        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        torch_config=torch_config("nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=r.num_workers,
             use_gpu=r.use_gpu,
@@ -238,6 +241,8 @@ def _persist_local_checkpoint(path: str | None, plan: RunPlan) -> str | None:
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.parent.rmdir()  # <tmp>/dinowm-train, once no other run stages there
     return str(dest)
 
 

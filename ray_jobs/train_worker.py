@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from dinowm_core.config import Config
 from dinowm_core.training.hooks import TrainHooks
 from ray_jobs import tracking
+from ray_jobs.cluster import torch_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ class RayTrainHooks(TrainHooks):
         shutil.rmtree(own, ignore_errors=True)
         with contextlib.suppress(OSError):  # ranks on one node finish in any order: the last one removes it
             own.parent.rmdir()
+            own.parent.parent.rmdir()  # <tmp>/dinowm-train, once no other run stages there
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._logger is not None:
@@ -271,6 +273,7 @@ def train_loop(spec: dict[str, Any]) -> None:
     from dinowm_core.training.loop import fit
 
     _worker_logging()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", torch_cache_dir())  # not the temp dir (joined clusters)
     torch.set_num_threads(max(1, int(spec["cpus_per_worker"])))
     hooks = RayTrainHooks(spec)
     try:

@@ -10,21 +10,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.sockets import SocketWatch
+
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 
 def test_quickstart_quick_runs_every_stage(tmp_path):
     out = tmp_path / "qs"
-    ray_tmp = tempfile.mkdtemp(prefix="dwq", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
+    tmp = tempfile.mkdtemp(prefix="dwq", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": tmp}
+    for key in ("RAY_ADDRESS", "RAY_TMPDIR"):
+        env.pop(key, None)
     dinowm = Path(sys.executable).parent / "dinowm"
     try:
-        done = subprocess.run([str(dinowm), "quickstart", "--quick", "-o", str(out)], env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        with SocketWatch(tmp) as watch:  # the quickstart's embedded cluster, all its processes
+            done = subprocess.run([str(dinowm), "quickstart", "--quick", "-o", str(out)], env=env,
+                                  capture_output=True, text=True, timeout=600)  # fmt: skip
+        left = os.listdir(tmp)
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert watch.sockets and not watch.not_loopback(), [str(s) for s in watch.not_loopback()]
+    assert left == []  # the cluster's session, staging and caches are gone with it
     for stage in ("[1/3] data", "[2/3] training on Ray Train", "[3/3] planning"):
         assert stage in done.stdout
     assert "Reporting training result" not in done.stdout + done.stderr  # Ray's per-report dump is silenced

@@ -72,5 +72,5 @@ def test_readme_commands_from_an_empty_directory(shell):
                  "planner.cem.topk=2", "planner.cem.opt_steps=1", "n_plot_samples=0", "--out", "plan/out")  # fmt: skip
     assert "success" in done.stdout and (shell.work / "plan" / "out" / "results.json").is_file()
 
-    done = shell("runs", "model", outcome["run_name"])
-    assert (Path(done.stdout.strip().splitlines()[-1]) / "config.json").is_file()
+    done = shell("runs", "model", outcome["run_name"])  # the run's logged checkpoint, into ./outputs/models
+    assert (shell.work / done.stdout.strip().splitlines()[-1] / "config.json").is_file()
