@@ -26,7 +26,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,7 +174,7 @@ def run(
         "mlflow_run_id": tracker.run_id,
         "metric_callbacks": list(metric_callbacks),
     }
-    trainer = TorchTrainer(
+    trainer = _interruptible(TorchTrainer)(
         train_loop,
         train_loop_config=spec,
         torch_config=torch_config("nccl" if r.use_gpu else "gloo"),
@@ -198,9 +200,11 @@ def run(
         result = trainer.fit()
     except KeyboardInterrupt:
         tracker.end("KILLED")
+        _remove_staging(plan, r)
         raise TrainInterrupted(plan.name, plan.run_dir) from None
     except Exception as e:
         tracker.end("FAILED")
+        _remove_staging(plan, r)
         raise _failure(e, plan, joins_cluster(r)) from e
     except BaseException:
         tracker.end("FAILED")
@@ -217,6 +221,49 @@ def run(
         checkpoint=_persist_local_checkpoint(result.checkpoint.path if result.checkpoint else None, plan),
         model_version=version,
     )
+
+
+def _remove_staging(plan: RunPlan, r: Any) -> None:
+    """After a failed or interrupted run on this machine's cluster: the workers' scratch (they may have been
+    stopped before removing it); a restart reads checkpoints from storage, never from there."""
+    if joins_cluster(r):
+        return  # the workers' nodes are not this machine
+    root = staging_root(plan.name)
+    shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.parent.rmdir()
+
+
+def _interruptible(trainer_cls: type) -> type:
+    """``trainer_cls`` whose ``fit`` raises KeyboardInterrupt on Ctrl-C, after stopping the run's workers.
+
+    Ray Train's own Ctrl-C handler aborts the run and then either returns from ``fit`` or exits the process
+    with status 0: the driver could not tell an interrupted run from a finished one (and would record it so).
+    """
+    import ray
+
+    class Interruptible(trainer_cls):
+        def _register_sigint_handler(self, controller: Any) -> None:
+            previous = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops the driver at once
+                log.warning("Ctrl-C: stopping the Train workers (the run keeps its checkpoints)")
+                with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+                    ray.get(controller.abort.remote(), timeout=60)
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+        def fit(self) -> Any:
+            previous = signal.getsignal(signal.SIGINT)
+            try:
+                return super().fit()
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, previous)
+
+    return Interruptible
 
 
 def _persist_local_checkpoint(path: str | None, plan: RunPlan) -> str | None:
