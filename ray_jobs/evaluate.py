@@ -237,21 +237,6 @@ def eval_shortcuts(overrides: list[str]) -> list[str]:
     return out
 
 
-def resolve_plan_checkpoint(ckpt: str, core: list[str], mlflow_cfg: Any) -> Path:
-    """``dinowm plan``'s checkpoint argument -> a local directory: a path, or an MLflow run / model reference
-    (:func:`ray_jobs.runs.local_checkpoint`) looked up in the store of ``output_dir`` (an override, else
-    the default) and downloaded once into ``<output_dir>/models``."""
-    from dinowm_core.presets import split_overrides
-    from ray_jobs import tracking
-    from ray_jobs.runs import local_checkpoint
-
-    output_dir = dict(split_overrides(core)).get("output_dir", Config.model_fields["output_dir"].default)
-    uri = tracking.tracking_uri(mlflow_cfg.tracking_uri, output_dir)
-    return local_checkpoint(
-        ckpt, uri, cache_dir=Path(output_dir) / "models", experiment=mlflow_cfg.experiment
-    )
-
-
 def plan_checkpoint(
     ckpt: str,
     overrides: list[str],
@@ -263,7 +248,7 @@ def plan_checkpoint(
     """Evaluate planning with a checkpoint and record it in MLflow -> (result, resolved config, output dir).
 
     ``ckpt``: a checkpoint directory or an MLflow reference (``runs:/ID[/checkpoint]``, ``models:/NAME/VERSION``,
-    ``models:/NAME@ALIAS``, a registered model or run name: :func:`resolve_plan_checkpoint`).
+    ``models:/NAME@ALIAS``, a registered model or run name: :func:`ray_jobs.runs.checkpoint_for`).
     ``overrides``: model keys on top of the checkpoint's config and the env's planning preset
     (``dinowm_core.presets.plan_config``), evaluation keys with or without ``eval.``, and job keys (``ray.*``,
     ``mlflow.*``). ``use_ray``: episodes in env actors (``planner_actor``: the model in a planner actor) or
@@ -276,10 +261,11 @@ def plan_checkpoint(
     from ray_jobs import tracking
     from ray_jobs.cluster import connect
     from ray_jobs.job_config import load_job_config, resolve_paths, split_job_overrides
+    from ray_jobs.runs import checkpoint_for
 
     core, job_overrides = split_job_overrides(overrides)
     job = load_job_config(job_overrides)
-    ckpt_dir = resolve_plan_checkpoint(ckpt, core, job.mlflow).resolve()  # actors load it from elsewhere
+    ckpt_dir = checkpoint_for(ckpt, core, job.mlflow).resolve()  # actors load it from elsewhere
     trained = load_config_from_checkpoint(ckpt_dir)
     cfg, job = resolve_paths(plan_config(trained, eval_shortcuts(core)), job)
     check_model_env(cfg, trained)

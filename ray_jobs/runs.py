@@ -93,6 +93,24 @@ def checkpoint_source(client: Any, ref: str, experiment: str | None = None) -> t
     return mv.source, f"{mv.name}-{mv.version}", run
 
 
+def is_reference(ref: str) -> bool:
+    """An MLflow run or model URI (``runs:/...``, ``models:/...``) rather than a path or a name."""
+    return ref.startswith(("runs:/", "models:/"))
+
+
+def checkpoint_for(ref: str, overrides: list[str], mlflow_cfg: Any) -> Path:
+    """A command's checkpoint argument -> a local directory: a path, or an MLflow run / model reference
+    (:func:`local_checkpoint`) looked up in the store of ``output_dir`` (an override among the command's
+    model ``overrides``, else the default) and downloaded once into ``<output_dir>/models``."""
+    from dinowm_core.config import Config
+    from dinowm_core.presets import split_overrides
+    from ray_jobs.tracking import tracking_uri
+
+    output_dir = dict(split_overrides(overrides)).get("output_dir", Config.model_fields["output_dir"].default)
+    uri = tracking_uri(mlflow_cfg.tracking_uri, output_dir)
+    return local_checkpoint(ref, uri, cache_dir=Path(output_dir) / "models", experiment=mlflow_cfg.experiment)
+
+
 def local_checkpoint(
     ref: str | os.PathLike, uri: str, *, cache_dir: str | os.PathLike, experiment: str | None = None
 ) -> Path:

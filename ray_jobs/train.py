@@ -5,6 +5,7 @@
     dinowm train env=wall data.path=data/wall ray.num_workers=2           # embedded local cluster
     dinowm train resume=wall-20261126-101500-3fa2c1                      # continue a run (name or run dir)
     dinowm train resume=/path/to/checkpoint_dir training.epochs=10        # new run starting from a checkpoint
+    dinowm train resume=models:/dinowm-world-model/3                      # ... or from a logged / registered one
 
 This module is the driver. Paths are made absolute (workers run elsewhere) and everything checkable before
 workers start is checked first (config, dataset, its files and windows, encoder weights, batch divisibility,
@@ -38,7 +39,14 @@ from typing import Any
 from dinowm_core.config import Config, ConfigError
 from ray_jobs import tracking
 from ray_jobs.cluster import connect
-from ray_jobs.job_config import JobConfig, load_run_config, resolve_paths
+from ray_jobs.job_config import (
+    JobConfig,
+    load_job_config,
+    load_run_config,
+    resolve_paths,
+    split_job_overrides,
+)
+from ray_jobs.runs import checkpoint_for, is_reference
 from ray_jobs.train_preflight import (
     RUN_INFO,
     PreflightError,
@@ -312,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides, options = split_args(sys.argv[1:] if argv is None else argv)
     resume = options.get("resume")
     try:
+        if resume and is_reference(resume):  # runs:/ID[/checkpoint], models:/NAME/VERSION: a new run from it
+            core, job_overrides = split_job_overrides(overrides)
+            resume = str(checkpoint_for(resume, core, load_job_config(job_overrides).mlflow).resolve())
         cfg, job = resume_config(resume, overrides) if resume else load_run_config(overrides)
         outcome = run(cfg, job, resume=resume, run_name=options.get("run_name"))
-    except (ConfigError, PreflightError) as e:
+    except (ConfigError, PreflightError, LookupError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainFailed as e:

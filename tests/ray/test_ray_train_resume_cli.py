@@ -93,3 +93,17 @@ def test_a_worker_failure_is_one_line(monkeypatch, capsys, tmp_path):
     assert code == 1
     assert err[0] == "error: training failed in a worker: ValueError: bad thing; traceback in /r/error.log"
     assert err[1].endswith(f"dinowm train resume={tmp_path / 'wall-x'}")
+
+
+def test_resume_takes_an_mlflow_checkpoint_reference(finished, capsys, monkeypatch):
+    """``resume=runs:/ID/checkpoint`` is the run's logged checkpoint: its config is the base, as for a directory."""
+    from ray_jobs import train
+
+    outcome, home = finished
+    monkeypatch.chdir(home)
+    code = train.main([f"resume=runs:/{outcome.mlflow_run_id}/checkpoint", "predictor.depth=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "changes the model (predictor.depth 2 -> 1)" in err, err
+    assert list((home / "outputs" / "models").iterdir())  # downloaded once into the output dir's cache
+    code = train.main(["resume=runs:/0123456789abcdef/checkpoint"])
+    assert code == 2 and "error:" in capsys.readouterr().err
