@@ -73,7 +73,7 @@ class _TokenAuthNotice(logging.Filter):
 
 
 @contextlib.contextmanager
-def _embedded_start() -> Iterator[None]:
+def embedded_settings() -> Iterator[None]:
     """The settings :func:`connect` starts an embedded cluster with; this process is restored afterwards."""
     import ray._private.ray_constants as ray_constants
 
@@ -125,7 +125,7 @@ def connect(ray_cfg: RayConfig) -> bool:
     tmp = temp_dir()
     before = set(tmp.glob("session_*"))
     try:
-        with _embedded_start():
+        with embedded_settings():
             ray.init(
                 num_cpus=max(os.cpu_count() or 1, needed, 2),
                 object_store_memory=OBJECT_STORE_BYTES,
@@ -159,7 +159,7 @@ def disconnect() -> None:
     if session is None:
         return
     atexit.unregister(disconnect)
-    leftovers = _forkserver_dirs(_cluster_pids())
+    leftovers = forkserver_dirs()
     try:
         ray.shutdown()
     finally:
@@ -204,6 +204,12 @@ def _cluster_pids() -> set[int]:
         pids.add(pid)
         todo += children.get(pid, [])
     return pids
+
+
+def forkserver_dirs() -> set[Path]:
+    """The connected local cluster's ``pymp-*`` directories (:func:`_forkserver_dirs`): collect them before
+    ``ray.shutdown()`` and remove them after it."""
+    return _forkserver_dirs(_cluster_pids())
 
 
 def _forkserver_dirs(pids: set[int]) -> set[Path]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
 
+from ray_jobs import cluster
 from tests.conftest import TINY
 from tests.ray import procs
 
@@ -21,13 +23,16 @@ def ray_cluster():
 
     before = set(procs.descendants(os.getpid()))
     tmp = tempfile.mkdtemp(prefix="dwr-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=True, dashboard_host="127.0.0.1",
-             _temp_dir=tmp, log_to_driver=True)  # fmt: skip
+    with cluster.embedded_settings():  # loopback only, like the clusters our commands start
+        ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=True,
+                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=tmp,
+                 log_to_driver=True)  # fmt: skip
     yield ray
     # ray.init started gcs, raylet and the workers as descendants of this process. A worker that does not
     # notice its raylet exiting (seen once: a TrainController of an aborted run) would outlive the session,
     # so whatever of that tree still runs shortly after shutdown is ended by PID and reported.
     started = [p for p in procs.descendants(os.getpid()) if p not in before]
+    leftovers = cluster.forkserver_dirs()
     ray.shutdown()
     left = procs.wait_gone(started, timeout_s=15)
     if left:
@@ -35,6 +40,8 @@ def ray_cluster():
         stubborn = procs.stop(left)
         warnings.warn(f"Ray processes outlived ray.shutdown() and were stopped: {names} (SIGKILL: {stubborn})",
                       stacklevel=1)  # fmt: skip
+    for path in [*leftovers, tmp]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

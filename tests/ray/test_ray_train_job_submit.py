@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def head_cluster(tmp_path_factory):
         head.wait()
         procs.stop(pids)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submit_trains_to_completion(head_cluster, wall_dataset, tmp_path):
