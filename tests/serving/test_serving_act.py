@@ -1,5 +1,6 @@
-"""MPC sessions through PlanningService: the act loop equals the evaluation's ModelPolicy, the plan state (warm
-start, RNG, step) lives in the store so another service instance continues it, and refusals name their field."""
+"""MPC sessions through PlanningService: the act loop equals the evaluation's ModelPolicy, the plan state
+(warm start, RNG, step) lives in the store so another service instance continues it, refusals name their
+field."""
 
 import numpy as np
 import pytest
