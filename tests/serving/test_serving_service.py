@@ -82,6 +82,38 @@ def test_plan_equals_the_planner_called_directly_in_env_units(service):
     assert not np.allclose(expected.reshape(2, -1, 10), result.execute.numpy())
 
 
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {"name": "mpc_gd", "lr": 1e-5, "opt_steps": 3, "alpha": 0},
+            {"gd.lr": 1e-5, "gd.opt_steps": 3, "cem.opt_steps": 2, "objective.alpha": 0.0},
+        ),
+        (
+            {"name": "cem", "opt_steps": 4, "num_samples": 30, "topk": 6, "var_scale": 2.5e-7},
+            {
+                "cem.opt_steps": 4,
+                "gd.opt_steps": 1000,
+                "cem.num_samples": 30,
+                "cem.topk": 6,
+                "cem.var_scale": 2.5e-7,
+            },
+        ),
+        ({"horizon": 7, "n_taken_actions": 7}, {"name": "mpc_cem", "horizon": 7, "mpc.n_taken_actions": 7}),
+        ({}, {"name": "mpc_cem", "horizon": 5, "cem.num_samples": 12, "objective.alpha": 1.0}),
+    ],
+)
+def test_flat_planner_settings_map_onto_the_checkpoint_config(service, params, expected):
+    from serving.schemas import PlannerParams
+
+    cfg = service.planner_config(PlannerParams.model_validate(params)).model_dump()
+    for dotted, value in expected.items():
+        node = cfg
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value, dotted
+
+
 def test_equal_settings_share_a_batch_and_different_ones_do_not(service):
     out = service.plan(
         [

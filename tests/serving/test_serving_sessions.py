@@ -96,3 +96,9 @@ def test_bad_limits_are_refused():
         MemorySessionStore(ttl_s=0)
     with pytest.raises(ValueError):
         MemorySessionStore(max_sessions=0)
+
+
+def test_a_request_error_names_its_field_in_its_detail():
+    e = RequestError(422, "planner.topk", "must not exceed num_samples")
+    assert (e.status, e.field, e.detail) == (422, "planner.topk", "planner.topk: must not exceed num_samples")
+    assert RequestError(429, None, "too many").detail == "too many"
