@@ -114,3 +114,20 @@ def test_runs_cli(trained):
     assert shown.exit_code == 0 and json.loads(shown.output)["metrics"]["step"] == 16
     missing = CliRunner().invoke(app, ["runs", "show", "no-such-run", "-o", str(out)])
     assert missing.exit_code == 2
+
+
+def test_the_registered_version_is_served_by_its_models_uri(trained, tmp_path):
+    """What `dinowm train` registers is what the planning service loads by ``models:/NAME/VERSION``."""
+    from serving.schemas import PlanRequest
+    from serving.service import PlanningService
+    from tests.serving.serving_helpers import obs
+
+    outcome, out = trained
+    _, uri = _client(out)
+    ref = f"models:/dinowm-world-model/{outcome.model_version}"
+    service = PlanningService.load(ref, tracking_uri=uri, cache_dir=tmp_path)
+    assert service.info().source == ref and service.info().env == "wall"
+    request = PlanRequest.model_validate({"obs": obs(0, proprio=[10.0, 20.0]), "goal": obs(1, proprio=[30.0, 40.0]),
+                                          "planner": {"num_samples": 8, "topk": 2, "opt_steps": 1}})  # fmt: skip
+    (response,) = service.plan([request])
+    assert len(response.actions) > 0 and len(response.actions[0]) == 2
