@@ -295,15 +295,16 @@ class PlanningDeployment:
             logger.debug("session count unavailable", exc_info=True)
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
-    """The application from :class:`AppArgs` (a dict, as a Serve config's ``args``).
+def build_app(args: AppArgs) -> serve.Application:
+    """The application from :class:`AppArgs` (Serve validates a config's ``args`` into it; a dict is
+    validated here).
 
     Replicas: ``replicas`` or ``autoscaling``; ``num_cpus`` / ``num_gpus`` per replica. The API key is read
     from ``$DINOWM_API_KEY`` where the app is built (the ``dinowm serve`` process, or the cluster for ``serve
     deploy``: set it in the cluster's environment) and handed to the replicas; it is not one of the args, so
     ``serve status`` and the dashboard never show it.
     """
-    cfg = AppArgs.model_validate(args)
+    cfg = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         "max_ongoing_requests": cfg.max_ongoing_requests or 2 * cfg.max_batch_size,
