@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -230,3 +231,24 @@ def test_request_id_in_the_replica_log(app, info, ray_cluster):
     lines = [line for f in logs.glob("replica_http_*.log") for line in f.read_text().splitlines()]
     ours = [line for line in lines if "find-me-in-the-log" in line]
     assert any("plan batch of 1" in line for line in ours), ours
+
+
+def test_batch_size_and_session_metrics_are_exported(app, info, ray_cluster):
+    node = ray_cluster._private.worker._global_node
+    url = f"http://127.0.0.1:{node.metrics_export_port}/metrics"
+    post(f"{app}/v1/plan", plan_body(info))
+    sid = post(f"{app}/v1/sessions", {"goal": obs(info["proprio_dim"], 1)}).json()["session_id"]
+    httpx.delete(f"{app}/v1/sessions/{sid}")
+    wanted = ["ray_dinowm_serve_batch_size_bucket", "ray_dinowm_serve_sessions_created",
+              "ray_dinowm_serve_sessions_live", "ray_serve_num_http_requests"]  # fmt: skip
+    deadline = time.monotonic() + 60  # the metrics agent exports every few seconds
+    while True:
+        text = httpx.get(url, timeout=10).text
+        missing = [name for name in wanted if name not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, missing
+    assert 'kind="plan"' in next(
+        line for line in text.splitlines() if "dinowm_serve_batch_size_bucket" in line
+    )
