@@ -95,6 +95,7 @@ class AppArgs(BaseModel):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
     max_ongoing_requests: int | None = Field(None, ge=1, description="per replica; None = 2 x max_batch_size")
     max_queued_requests: int = Field(512, ge=-1, description="waiting beyond this -> 503; -1 = no bound")
+    retry_after_s: float = Field(1.0, ge=0, description="the Retry-After of a 503")
     session_ttl_s: float = Field(600.0, gt=0, description="idle seconds before a session expires")
     max_sessions: int = Field(1024, ge=1, description="live sessions at most (one more -> 429)")
     health_check_period_s: float = Field(10.0, gt=0)
@@ -210,7 +211,7 @@ class PlanningDeployment:
         self._sessions_created = metrics.Counter("dinowm_serve_sessions_created",
                                                  description="MPC sessions opened")  # fmt: skip
         self._sessions_live = metrics.Gauge("dinowm_serve_sessions_live",
-                                            description="live MPC sessions (all replicas)")  # fmt: skip
+                                            description="live MPC sessions of the app (the store's count when this replica last looked)")  # fmt: skip
         info = self.service.info()
         logger.info(
             "serving %s (%s, config %s) on %s", info.source, info.env, info.config_digest[:12], device
@@ -283,10 +284,8 @@ class PlanningDeployment:
     async def readyz(self) -> dict[str, str]:
         return {"status": "ready", "model": self.service.info().config_digest}
 
-    def check_health(self) -> None:
-        """Serve's periodic check: a replica whose planner thread is gone is replaced."""
-        if self._pool._shutdown:
-            raise RuntimeError("the planner thread pool is shut down")
+    def __del__(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _count_sessions(self) -> None:
         try:
@@ -309,6 +308,7 @@ def build_app(args: AppArgs) -> serve.Application:
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         "max_ongoing_requests": cfg.max_ongoing_requests or 2 * cfg.max_batch_size,
         "max_queued_requests": cfg.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": cfg.retry_after_s},
         "health_check_period_s": cfg.health_check_period_s,
         "health_check_timeout_s": cfg.health_check_timeout_s,
         "deployment_actors": [_sessions_actor(cfg)],

@@ -64,5 +64,6 @@ def test_deadline_is_504_and_overload_is_503(app):
         answers = list(pool.map(plan, range(4)))
     codes = sorted(r.status_code for r in answers)
     assert set(codes) == {503, 504} and codes.count(504) >= 1, codes
+    assert all(r.headers["retry-after"] == "1" for r in answers if r.status_code == 503)
     late = next(r for r in answers if r.status_code == 504)
     assert "deadline of 0.5 s" in late.json()["detail"] and late.headers["x-request-id"]
