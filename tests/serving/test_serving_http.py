@@ -252,3 +252,60 @@ def test_batch_size_and_session_metrics_are_exported(app, info, ray_cluster):
     assert 'kind="plan"' in next(
         line for line in text.splitlines() if "dinowm_serve_batch_size_bucket" in line
     )
+
+
+def _mutate(value, rng: np.random.Generator, depth: int = 0):
+    """One random corruption somewhere in a JSON value: a wrong type, an edge number, a dropped or unknown key."""
+    junk = [
+        None,
+        True,
+        -1,
+        0,
+        2**63,
+        1e308,
+        -1e-308,
+        "",
+        "x" * 5000,
+        "\u0000",
+        [],
+        {},
+        [[[]]],
+        {"a": {"b": 1}},
+    ]
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = list(value)[rng.integers(len(value))]
+        roll = rng.random()
+        if roll < 0.2:
+            return {k: v for k, v in value.items() if k != key}
+        if roll < 0.3:
+            return {**value, f"unknown_{depth}": junk[rng.integers(len(junk))]}
+        return {**value, key: _mutate(value[key], rng, depth + 1)}
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        i = int(rng.integers(len(value)))
+        return [*value[:i], _mutate(value[i], rng, depth + 1), *value[i + 1 :]]
+    return junk[rng.integers(len(junk))]
+
+
+def test_fuzzed_bodies_never_get_a_5xx(app, info):
+    dp, steps = info["proprio_dim"], info["frameskip"]
+    sid = post(f"{app}/v1/sessions", {"goal": obs(dp, 1)}).json()["session_id"]
+    valid = {
+        "/v1/plan": plan_body(info, num_samples=8, topk=2, opt_steps=1, horizon=2),
+        "/v1/sessions": {"goal": obs(dp, 1), "planner": {"num_samples": 8, "topk": 2}},
+        f"/v1/sessions/{sid}/act": {"obs": obs(dp, 0)},
+        "/v1/rollout": {"obs": obs(dp, 0), "actions": [[0.0, 0.0]] * steps, "decode": False},
+    }
+    rng = np.random.default_rng(0)
+    seen = {}
+    for i in range(160):
+        path = list(valid)[i % len(valid)]
+        body = _mutate(valid[path], rng)
+        r = post(f"{app}{path}", body)
+        assert r.status_code < 500, (path, json.dumps(body)[:500], r.text)
+        if r.status_code >= 400:
+            assert set(r.json()) == {"detail", "field"}, r.text
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        if path == "/v1/sessions" and r.status_code == 201:
+            httpx.delete(f"{app}/v1/sessions/{r.json()['session_id']}")
+    assert seen.get(422, 0) > 50, seen  # most corruptions are refused, some are still valid requests
+    httpx.delete(f"{app}/v1/sessions/{sid}")
