@@ -23,6 +23,7 @@ The HTTP API (v1) is docs/serving.md. What this module adds to the Ray-free serv
 # No `from __future__ import annotations`: Serve rewrites the route signatures in the replica, where string
 # annotations (ForwardRef("PlanRequest")) no longer resolve and the OpenAPI schema fails.
 import asyncio
+import contextvars
 import logging
 import os
 import secrets
@@ -218,7 +219,9 @@ class PlanningDeployment:
         )
 
     async def _on_planner(self, fn, *args) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # in the request's context, so that the service's log lines on the planner thread name the request
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn, *args)
 
     async def _batched(self, kind: str, fn, jobs: list[_Job]) -> list[Any]:
         def call():
