@@ -137,7 +137,7 @@ def _delay(attempt: int, backoff_s: float, r: httpx.Response | None) -> float:
     return delay
 
 
-class _Calls:
+class Endpoints:
     """The endpoints as :class:`Call` values; the sync and async clients only differ in how they send."""
 
     def __init__(self, image_format: str) -> None:
@@ -188,7 +188,7 @@ class _Base:
             raise ValueError(f"retries and backoff_s must be >= 0, got {retries}, {backoff_s}")
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.timeout_s = int(retries), float(backoff_s), float(timeout_s)
-        self.calls = _Calls(image_format)
+        self.calls = Endpoints(image_format)
         key = api_key if api_key is not None else os.environ.get("DINOWM_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 

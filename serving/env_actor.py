@@ -31,7 +31,8 @@ from dinowm_core.evaluation.episodes import EpisodeGroup
 from dinowm_core.evaluation.loop import Episodes, add_imagination, run_batch, targets_for_seed
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # ModelPolicy's per-episode seeds
 from dinowm_core.evaluation.records import EpisodeOutcome
-from serving.client import AsyncPlanningClient
+from serving import schemas
+from serving.client import AsyncPlanningClient, Endpoints, encode_obs
 
 log = logging.getLogger(__name__)
 
@@ -193,39 +194,30 @@ async def _connect(service: Any, client_kwargs: dict[str, Any]) -> Any:
 
 
 class HandleClient:
-    """The async client's verbs over a Serve deployment handle (no HTTP): each verb calls the deployment
-    method of the same name with the request body, and gets the response body back."""
+    """The async client's verbs over a Serve deployment handle (``serve.get_app_handle``): the deployment's
+    route methods called directly with the request models, no HTTP in between (nor auth, nor retries: a
+    handle fails over between replicas itself)."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def _call(self, method: str, body: dict[str, Any] | None, model: str) -> Any:
-        from serving import schemas
-
-        out = await getattr(self.handle, method).remote(*(() if body is None else (body,)))
-        return getattr(schemas, model).model_validate(out) if model else out
-
     async def plan(self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
-        from serving.client import _Calls
-
-        return await self._call("plan", _Calls("raw").plan(obs, goal, planner, seed).body, "PlanResponse")
+        body = Endpoints("raw").plan(obs, goal, planner, seed).body
+        return await self.handle.plan.remote(schemas.PlanRequest.model_validate(body))
 
     async def create_session(self, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
-        from serving.client import _Calls
-
-        body = _Calls("raw").create_session(goal, planner, seed).body
-        return await self._call("create_session", body, "SessionInfo")
+        body = Endpoints("raw").create_session(goal, planner, seed).body
+        return await self.handle.create_session.remote(schemas.SessionCreate.model_validate(body))
 
     async def act(self, session_id: str, obs: Obs) -> Any:
-        from serving.client import encode_obs
-
-        return await self._call("act", {"session_id": session_id, "obs": encode_obs(obs)}, "ActResponse")
+        req = schemas.ActRequest.model_validate({"obs": encode_obs(obs)})
+        return await self.handle.act.remote(session_id, req)
 
     async def delete_session(self, session_id: str) -> None:
-        await self._call("delete_session", {"session_id": session_id}, "")
+        await self.handle.delete_session.remote(session_id)
 
     async def models(self) -> Any:
-        return await self._call("models", None, "ModelInfo")
+        return await self.handle.models.remote()
 
     async def aclose(self) -> None:
         pass
