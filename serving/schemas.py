@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 API_VERSION = "v1"
 #: request bodies above this are refused (413) before they are parsed; no string inside one can be longer
@@ -32,6 +32,7 @@ EnvAction = Annotated[
     list[float], Field(min_length=1, max_length=MAX_ACTION_DIM, description="one env step's action")
 ]
 Seconds = Annotated[float, Field(ge=0)]
+B64Image = Annotated[str, Field(max_length=MAX_B64_CHARS, description="base64 of a PNG or JPEG file")]
 
 
 class Body(BaseModel):
@@ -53,13 +54,22 @@ class ArrayB64(Body):
     data: str = Field(max_length=MAX_B64_CHARS, description="base64 (standard alphabet) of the raw bytes")
 
 
+def _visual_kind(value: Any) -> str:
+    return "base64" if isinstance(value, str) else "array"
+
+
+# One branch per form, so a bad value gets the errors of its own form only (``visual.array.shape.0``).
+Visual = Annotated[
+    Annotated[B64Image, Tag("base64")] | Annotated[ArrayB64, Tag("array")], Discriminator(_visual_kind)
+]
+
+
 class Observation(Body):
     """One observation of the environment: an RGB frame and the proprioceptive state."""
 
-    visual: str | ArrayB64 = Field(
+    visual: Visual = Field(
         description="RGB image (H, W, 3) uint8, H and W at most 1024: a base64 PNG or JPEG string, or a raw "
         "array; resized to the model's img_size as the evaluation does",
-        union_mode="left_to_right",
     )
     proprio: list[float] = Field(
         max_length=MAX_PROPRIO_DIM, description="proprioceptive state: the model's proprio_dim finite values"

@@ -26,6 +26,11 @@ class RequestError(Exception):
         super().__init__(f"{field}: {message}" if field else message)
         self.status, self.field, self.message = status, field, message
 
+    @property
+    def detail(self) -> str:
+        """The message naming the field: an error body's ``detail``."""
+        return str(self)
+
     def __repr__(self) -> str:
         return f"RequestError({self.status}, {self.field!r}, {self.message!r})"
 
