@@ -8,10 +8,11 @@ import json
 
 import httpx
 import numpy as np
+import pytest
 
 from dinowm_core.evaluation.policy import _mix
 from serving import schemas
-from serving.client import AsyncPlanningClient
+from serving.client import AsyncPlanningClient, Endpoints, encode_obs
 from serving.env_actor import ServicePolicy, planner_params, unsendable_differences
 
 B = 3
@@ -139,3 +140,77 @@ def test_planner_params_carry_the_evaluation_planner():
     assert unsendable_differences(cfg.planner, service) == [
         "planner.objective.mode: service 'all', here 'last'"
     ]
+
+
+# ---- the same per-episode results as the in-process evaluation ------------------------------------------
+
+KEYS = ("index", "episode_seed", "success", "success_any_step", "distance", "min_distance", "env_steps",
+        "plan_calls", "visual_dist", "proprio_dist", "div_visual_emb", "div_proprio_emb")  # fmt: skip
+
+
+def episodes(result) -> dict:
+    return {s: [{k: m.to_dict()[k] for k in KEYS} for m in eps] for s, eps in result.per_seed.items()}
+
+
+class InProcessService:
+    """The async client's verbs over a PlanningService in this process, with the app's batching: the requests
+    that one ServicePolicy.plan sends together are answered by one service call."""
+
+    def __init__(self, service) -> None:
+        self.service, self.pending, self.calls = service, {"plan": [], "act": []}, []
+
+    async def _batched(self, kind: str, item):
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[kind].append((item, fut))
+        await asyncio.sleep(0)  # the other episodes' requests queue up meanwhile
+        batch, self.pending[kind] = self.pending[kind], []
+        if batch:
+            self.calls.append((kind, len(batch)))
+            for (_, f), r in zip(batch, getattr(self.service, kind)([i for i, _ in batch]), strict=True):
+                f.set_exception(r) if isinstance(r, Exception) else f.set_result(r)
+        return await fut
+
+    async def plan(self, obs, goal, planner=None, seed=0):
+        body = Endpoints("raw").plan(obs, goal, planner, seed).body
+        return await self._batched("plan", schemas.PlanRequest.model_validate(body))
+
+    async def create_session(self, goal, planner=None, seed=0):
+        body = Endpoints("raw").create_session(goal, planner, seed).body
+        return self.service.create_session(schemas.SessionCreate.model_validate(body))
+
+    async def act(self, session_id, obs):
+        return await self._batched(
+            "act", (session_id, schemas.ActRequest.model_validate({"obs": encode_obs(obs)}))
+        )
+
+    async def delete_session(self, session_id):
+        self.service.delete_session(session_id)
+
+    async def models(self):
+        return self.service.info()
+
+    async def aclose(self):
+        pass
+
+
+@pytest.mark.parametrize("planner", ["mpc_cem", "cem", "mpc_gd"])
+def test_evaluation_through_the_service_matches_in_process(planner):
+    from dinowm_core.evaluation.loop import evaluate
+    from serving.service import PlanningService
+    from tests.evaluation.eval_helpers import tiny_cfg, tiny_wm
+
+    cfg = tiny_cfg(f"planner={planner}", "planner.cem.num_samples=12", "planner.cem.topk=3",
+                   "planner.cem.opt_steps=2", "planner.gd.opt_steps=2", "planner.mpc.n_taken_actions=2",
+                   "eval.n_evals=3", "eval.budget=20", "eval.seeds=[1,2]")  # fmt: skip
+    wm = tiny_wm(cfg)
+    local = evaluate(wm, cfg)
+    service = InProcessService(PlanningService(tiny_wm(cfg), source="tiny"))
+    policy = ServicePolicy(service, planner_params(cfg.planner))
+    try:
+        remote = evaluate(wm, cfg, policy=policy)
+    finally:
+        policy.close()
+    assert episodes(remote) == episodes(local)
+    kind = "act" if planner.startswith("mpc_") else "plan"
+    assert service.calls and all(c == (kind, 3) for c in service.calls)  # every step one batch of 3
+    assert len(service.service.sessions) == 0  # closed
