@@ -189,3 +189,24 @@ def test_async_client_retries_and_runs_calls_concurrently():
     assert [o.n_steps for o in out] == [5, 5, 5] and slept == [0.05] and len(script.requests) == 4
     seeds = sorted(script.body(i, schemas.PlanRequest).seed for i in range(4))
     assert seeds == [0, 0, 1, 2]  # the 503'd request was sent again, with its own seed
+
+
+def test_the_client_imports_without_torch_ray_or_a_web_framework():
+    """A robot or a notebook installs httpx, numpy and pydantic, not the model's stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'ray', 'fastapi', 'starlette', 'mlflow', 'dinowm_core'}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import serving.client\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
