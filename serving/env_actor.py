@@ -186,11 +186,13 @@ def evaluation_policy(service: Any, cfg: Any, *, checkpoint: str | Path | None =
 
 
 async def _connect(service: Any, client_kwargs: dict[str, Any]) -> Any:
+    """A URL -> an AsyncPlanningClient (made on the policy's loop), a Serve handle -> a HandleClient, anything
+    else is taken as a client already (the async client's verbs)."""
     if isinstance(service, str):
         return AsyncPlanningClient(service, **client_kwargs)
-    if isinstance(service, AsyncPlanningClient) or hasattr(service, "act"):
-        return service
-    return HandleClient(service)
+    if type(service).__name__ == "DeploymentHandle":  # any attribute of a handle is a method: test the type
+        return HandleClient(service)
+    return service
 
 
 class HandleClient:
@@ -308,11 +310,12 @@ def evaluate_with_env_actors(
     dataset = eval_dataset(cfg) if dataset is None else dataset
     n = max(1, min(num_actors, e.n_evals))
     per = math.ceil(e.n_evals / n)
+    slots = [k for k in (min(per, e.n_evals - i * per) for i in range(n)) if k > 0]  # each actor exactly full
     actor_cls = ray.remote(num_cpus=cpus_per_actor)(ServiceEnvActor)
     actors = [
         actor_cls.remote(
             cfg.env.name,
-            per,
+            k,
             img_size=size,
             budget=e.budget,
             frameskip=cfg.frameskip,
@@ -321,8 +324,8 @@ def evaluate_with_env_actors(
             oracle_stop=e.oracle_stop,
             env_kwargs=cfg.env.kwargs,
             client_kwargs=client_kwargs,
-        )  # fmt: skip
-        for _ in range(n)
+        )
+        for k in slots
     ]
     target_env = make_env(cfg.env.name, img_size=size, **cfg.env.kwargs)
     result, out = EvalResult(protocol(cfg)), Path(out_dir) if out_dir is not None else None
@@ -332,7 +335,7 @@ def evaluate_with_env_actors(
             starts = list(range(0, len(targets), per))
             parts = ray.get([
                 a.run.remote(targets[s : s + per], s, max(0, min(per, e.n_plot_samples - s)), seed)
-                for a, s in zip(actors, starts, strict=False)
+                for a, s in zip(actors, starts, strict=True)
             ])  # fmt: skip
             results = [r for part in parts for r in part]
             if imaginer is not None:
