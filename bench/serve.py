@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from serving.client import AsyncPlanningClient  # noqa: E402
+from serving.client import AsyncPlanningClient, PlanningClient  # noqa: E402
 
 SETTINGS = {
     "small": {"name": "cem", "horizon": 5, "num_samples": 32, "topk": 4},
@@ -87,12 +88,20 @@ def start_app(ckpt: str, *, max_batch_size: int, device: str, port: int) -> tupl
     """The Serve app on 127.0.0.1:``port`` in a local Ray cluster -> (base URL, a function that stops it)."""
     import ray
     from ray import serve
+
     from serving.app import build_app
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"checkpoint": ckpt, "device": device, "max_batch_size": max_batch_size, "num_cpus": 1}
+    gpus = 1 if device.startswith("cuda") else 0
+    args = {
+        "checkpoint": ckpt,
+        "device": device,
+        "max_batch_size": max_batch_size,
+        "num_cpus": 1,
+        "num_gpus": gpus,
+    }
     serve.run(build_app(args), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}", lambda: serve.delete("bench")
 
@@ -104,20 +113,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--opt-steps", type=int, default=30)
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
     ap.add_argument("--quick", action="store_true", help="2 iterations, 2 s per measurement, 1 and 8 clients")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.opt_steps, args.clients = 2.0, 2, "1,8"
     clients = [int(c) for c in args.clients.split(",")]
+    if not args.port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            args.port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="dinowm-bench-serve-") as tmp:
         ckpt = args.ckpt or tiny_checkpoint(tmp)
-        host = {"host": platform.node(), "device": args.device, "torch_threads": os.cpu_count()}
+        host = {"host": platform.node(), "device": args.device, "cpus": os.cpu_count()}
         for max_batch in (32, 1):
             url, stop = start_app(ckpt, max_batch_size=max_batch, device=args.device, port=args.port)
             try:
-                from serving.client import PlanningClient
-
                 with PlanningClient(url) as c:
                     c.wait_ready(120)
                     info = c.models()
@@ -130,9 +141,11 @@ def main() -> None:
                          max_batch_size=max_batch, **row, **host)  # fmt: skip
             finally:
                 stop()
+    import ray
     from ray import serve
 
-    serve.shutdown()
+    serve.shutdown()  # the Serve instance and Ray cluster this process started
+    ray.shutdown()
 
 
 if __name__ == "__main__":
