@@ -42,31 +42,53 @@ def error_body(detail: str, field: str | None = None) -> dict[str, Any]:
     return {"detail": detail, "field": field}
 
 
-def field_path(loc: tuple | list) -> str | None:
-    """pydantic's error location -> the dotted field path a client sent (``obs.proprio.3``), None for the body.
+def field_path(loc: tuple | list, body: Any = None, *, missing: bool = False) -> str | None:
+    """pydantic's error location -> the dotted path of the field in the body the client sent
+    (``obs.proprio.3``), None for the body as a whole.
 
-    ``body`` / ``path`` / ``query`` prefixes and union-member tags (``str``, ``ArrayB64``,
-    ``function-after[...]``) are dropped; list indices stay.
+    The ``body`` / ``path`` / ``query`` prefix is dropped, and so are the union-member tags pydantic puts in
+    a location (``visual.array.shape``, ``visual.str``): with the ``body`` at hand, a step that is not a key
+    (or index) of the value at that point is a tag, except the last step of a ``missing`` error. Without the
+    body, tags are recognised by their look (``str``, ``ArrayB64``, ``function-after[...]``).
     """
-    parts = []
-    for i, item in enumerate(loc):
-        if i == 0 and item in ("body", "path", "query", "header"):
+    steps = list(loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc)
+    parts, node = [], body
+    for i, item in enumerate(steps):
+        if _has(node, item):
+            node = node[item]
+        elif _is_tag(item, body, last_missing=missing and i == len(steps) - 1):
             continue
-        if isinstance(item, str) and (item.lower() in _TYPE_TAGS or item[:1].isupper() or "[" in item):
-            continue
+        else:
+            node = None
         parts.append(str(item))
     return ".".join(parts) or None
 
 
-def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first (most specific: deepest) pydantic error as ``{"detail", "field"}``."""
+def _has(node: Any, item: Any) -> bool:
+    if isinstance(node, dict):
+        return item in node
+    return isinstance(node, list) and isinstance(item, int) and -len(node) <= item < len(node)
+
+
+def _is_tag(item: Any, body: Any, *, last_missing: bool) -> bool:
+    if body is not None:
+        return not last_missing
+    return isinstance(item, str) and (item.lower() in _TYPE_TAGS or item[:1].isupper() or "[" in item)
+
+
+def validation_body(errors: list[dict[str, Any]], body: Any = None) -> dict[str, Any]:
+    """The most specific (deepest) pydantic error as ``{"detail", "field"}``; ``body``: the parsed request
+    body, to name fields as the client sent them."""
     if not errors:
         return error_body("invalid request")
     err = max(errors, key=lambda e: len(e.get("loc", ())))
     if err.get("type") == "json_invalid":
         reason = (err.get("ctx") or {}).get("error", "")
         return error_body(f"the body is not valid JSON ({reason} at character {err['loc'][-1]})")
-    field = field_path(err.get("loc", ()))
+    loc = err.get("loc", ())
+    if loc and loc[0] != "body":
+        body = None  # a path or query parameter: no body to walk
+    field = field_path(loc, body, missing=err.get("type") == "missing")
     msg = err.get("msg", "invalid value")
     if err.get("type") == "missing" and field is None:
         return error_body("a JSON body is required")
@@ -78,7 +100,7 @@ def install_error_handlers(app: FastAPI, request_error: type[Exception] | None =
     ``status``, ``field`` and ``message``)."""
 
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+        return JSONResponse(validation_body(list(exc.errors()), exc.body), status_code=422)
 
     async def on_http(_: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

@@ -17,10 +17,7 @@ only for a reference that is not a directory.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 import logging
 import threading
 import time
@@ -32,7 +29,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -42,11 +38,10 @@ from dinowm_core.planning.common import normalized_zero_action
 from dinowm_core.planning.planner import Planner, PlanState, make_planner
 from dinowm_core.presets import apply_overrides
 from dinowm_core.training.artifacts import to_uint8
+from serving.images import decode_image, png_b64, square
 from serving.schemas import (
-    MAX_IMAGE_SIDE,
     ActRequest,
     ActResponse,
-    ArrayB64,
     ModelInfo,
     Observation,
     PlannerParams,
@@ -60,7 +55,7 @@ from serving.schemas import (
 )
 from serving.sessions import MemorySessionStore, RequestError, SessionRecord, SessionStore
 
-__all__ = ["PlanningService", "RequestError", "decode_image"]
+__all__ = ["PlanningService", "RequestError"]
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
@@ -78,66 +73,6 @@ PLANNER_KEYS = {
     "n_taken_actions": "planner.mpc.n_taken_actions",
     "alpha": "planner.objective.alpha",
 }
-
-
-# ---- input decoding -------------------------------------------------------------------------------------
-
-
-def _b64(text: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, field, "not valid base64") from None
-
-
-def _check_side(h: int, w: int, field: str) -> None:
-    if max(h, w) > MAX_IMAGE_SIDE:
-        raise RequestError(413, field, f"image {h}x{w} is larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
-
-
-def decode_image(visual: str | ArrayB64, field: str = "visual") -> np.ndarray:
-    """A request's image (base64 PNG/JPEG, or a raw uint8 array) -> uint8 (H, W, 3); RequestError naming
-    ``field`` otherwise. The size is checked from the header, before any pixel is decoded."""
-    if isinstance(visual, ArrayB64):
-        h, w, c = visual.shape
-        if c != 3:
-            raise RequestError(422, f"{field}.shape", f"expected an RGB image (H, W, 3), got {c} channels")
-        _check_side(h, w, field)
-        raw = _b64(visual.data, f"{field}.data")
-        if len(raw) != h * w * c:
-            raise RequestError(
-                400, f"{field}.data", f"{len(raw)} bytes for shape {visual.shape} ({h * w * c})"
-            )
-        return np.frombuffer(raw, np.uint8).reshape(h, w, c).copy()
-    raw = _b64(visual, field)
-    try:
-        img = Image.open(io.BytesIO(raw), formats=("PNG", "JPEG"))
-    except Image.DecompressionBombError:
-        raise RequestError(413, field, f"image is larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}") from None
-    except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError) for junk
-        raise RequestError(400, field, "not a PNG or JPEG image") from None
-    _check_side(img.height, img.width, field)
-    if img.mode != "RGB":
-        raise RequestError(422, field, f"expected an RGB image, got mode {img.mode}")
-    try:
-        return np.asarray(img, dtype=np.uint8).copy()
-    except Exception:
-        raise RequestError(400, field, "truncated or corrupt image") from None
-
-
-def _square(frame: np.ndarray) -> np.ndarray:
-    """Centre crop to a square: with the resize that follows, the reference's Resize(short side) +
-    CenterCrop (the datasets' frames are square, so the evaluation only resizes)."""
-    h, w = frame.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return frame[top : top + s, left : left + s]
-
-
-def _png_b64(frame: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # ---- plan states of several sessions in one batch --------------------------------------------------------
@@ -307,7 +242,7 @@ class PlanningService:
 
     def _prepare(self, obs: Observation, field: str) -> dict[str, torch.Tensor]:
         """One observation -> model inputs {"visual": (1, 1, 3, S, S), "proprio": (1, 1, Dp)}."""
-        frame = _square(decode_image(obs.visual, f"{field}.visual"))
+        frame = square(decode_image(obs.visual, f"{field}.visual"))
         dp = self.cfg.env.proprio_dim
         if len(obs.proprio) != dp:
             raise RequestError(422, f"{field}.proprio", f"expected {dp} values, got {len(obs.proprio)}")
@@ -478,7 +413,7 @@ class PlanningService:
         frames: list[str] = []
         if req.decode and self.wm.decoder is not None:
             images, _ = self.wm.decode_visual(z["visual"])
-            frames = [_png_b64(frame) for frame in to_uint8(images)[0]]
+            frames = [png_b64(frame) for frame in to_uint8(images)[0]]
         return RolloutResponse(
             num_frames=visual.shape[0], latent_shape=list(visual.shape[1:]),
             latent_norm=visual.float().flatten(1).norm(dim=1).tolist(), frames=frames,

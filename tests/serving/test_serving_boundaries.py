@@ -1,5 +1,5 @@
-"""The serving layers keep their imports: schemas (pydantic only) and sessions (standard library) import
-without torch; the service imports without ray, fastapi, mlflow, starlette or uvicorn."""
+"""The serving layers keep their imports: schemas (pydantic), sessions (standard library) and images (numpy,
+PIL) import without torch; the service imports without ray, fastapi, mlflow, starlette, uvicorn or httpx."""
 
 import json
 import os
@@ -37,6 +37,7 @@ SCRIPT = textwrap.dedent(
     [
         ("serving.schemas", (*FRAMEWORKS, "torch", "numpy")),
         ("serving.sessions", (*FRAMEWORKS, "torch", "numpy", "pydantic")),
+        ("serving.images", (*FRAMEWORKS, "torch")),
         ("serving.service", FRAMEWORKS),
     ],
 )

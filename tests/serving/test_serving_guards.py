@@ -139,8 +139,12 @@ def test_unknown_route_and_method_keep_the_error_shape():
     assert request(make_app(), "GET", "/echo").status_code == 405
 
 
-def test_field_path_drops_union_tags():
+def test_field_path_names_the_field_as_sent():
+    body = {"obs": {"visual": {"shape": [2048, 2, 3]}}, "n": 1}
+    assert field_path(("body", "obs", "visual", "array", "shape", 0), body) == "obs.visual.shape.0"
     assert field_path(("body", "obs", "visual", "ArrayB64", "shape", 0)) == "obs.visual.shape.0"
     assert field_path(("body", "obs", "visual", "str")) == "obs.visual"
+    assert field_path(("body", "goal"), body, missing=True) == "goal"
+    assert field_path(("body", "obs", "visual", "array", "data"), body, missing=True) == "obs.visual.data"
     assert field_path(("path", "session_id")) == "session_id"
-    assert field_path(("body",)) is None
+    assert field_path(("body",), body) is None

@@ -229,3 +229,9 @@ def test_rollout_refuses_actions_that_do_not_fit_the_model(service, n, dim, fiel
     with pytest.raises(RequestError) as e:
         service.rollout(RolloutRequest(obs=obs(0), actions=[[0.0] * dim] * n))
     assert (e.value.status, e.value.field) == (422, field)
+
+
+def test_rollout_of_a_model_without_decoder_has_no_frames():
+    service = PlanningService(serving_wm("decoder=none"), source="memory")
+    out = service.rollout(RolloutRequest(obs=obs(0), actions=[[0.0, 0.0]] * 5))
+    assert out.num_frames == 2 and out.frames == [] and all(n > 0 for n in out.latent_norm)
