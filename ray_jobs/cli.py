@@ -118,6 +118,9 @@ def plan_cmd(
         False, "--planner-actor", help="with --ray: the model in a planner actor"
     ),
     out: str | None = typer.Option(None, "--out", "-o", help="output dir (default output_dir/plan/<time>)"),
+    serve_url: str | None = typer.Option(
+        None, "--serve-url", help="plan through the planning service at this URL (dinowm serve)"
+    ),
 ) -> None:
     """Evaluate planning with a checkpoint: success rate (95% CI), distances, videos, results.json."""
     from dinowm_core.config import ConfigError
@@ -126,7 +129,7 @@ def plan_cmd(
 
     try:
         result, _, out_dir = plan_checkpoint(ckpt, overrides or [], use_ray=use_ray, planner_actor=planner_actor,
-                                             out=out)  # fmt: skip
+                                             out=out, serve_url=serve_url)  # fmt: skip
     except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         _fail(str(e))
     if json_out:

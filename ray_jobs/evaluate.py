@@ -180,10 +180,12 @@ def evaluate_on_ray(
     cpus_per_actor: float = 0.25,
     planner_resources: dict[str, float] | None = None,
     dataset: Any = None,
+    policy: Any = None,
 ) -> EvalResult:
     """Evaluate with env actors. ``planner``: ``local`` (model in the driver; ``wm`` or ``ckpt``) or
     ``actor`` (a :class:`PlannerActor` loads ``ckpt``; ``planner_resources`` e.g. ``{"num_gpus": 1}``,
-    default one CPU). The planner actor's resources are reserved before the env actors are sized."""
+    default one CPU). The planner actor's resources are reserved before the env actors are sized.
+    ``policy``: plans with it instead (e.g. a planning service's), the model in the driver imagines."""
     from dinowm_core.envs.base import make_env
     from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
     from dinowm_core.evaluation.policy import build_policy
@@ -191,7 +193,7 @@ def evaluate_on_ray(
     e = cfg.eval
     if planner not in ("local", "actor"):
         raise ValueError(f"planner must be 'local' or 'actor', got {planner!r}")
-    use_actor = planner == "actor" and e.policy == "planner"
+    use_actor = planner == "actor" and e.policy == "planner" and policy is None
     if use_actor and ckpt is None:
         raise ValueError("planner=actor loads the model from a checkpoint: pass ckpt")
     opts = planner_resources or {"num_cpus": 1}
@@ -210,7 +212,7 @@ def evaluate_on_ray(
         else:
             model = wm if wm is not None else (_load(ckpt) if ckpt is not None else None)
             adapter = ModelAdapter(model, device=resolve_device(e.device)) if model is not None else None
-            policy = build_policy(cfg, adapter=adapter, action_box=box)
+            policy = policy or build_policy(cfg, adapter=adapter, action_box=box)
             imaginer, normalizer = adapter, (adapter.normalizer if adapter else None)
         return run_evaluation(cfg, episodes, policy, target_env, imaginer=imaginer, out_dir=out_dir,
                               dataset=dataset, normalizer=normalizer)  # fmt: skip
@@ -244,6 +246,7 @@ def plan_checkpoint(
     use_ray: bool = True,
     planner_actor: bool = False,
     out: str | Path | None = None,
+    serve_url: str | None = None,
 ) -> tuple[EvalResult, Config, Path]:
     """Evaluate planning with a checkpoint and record it in MLflow -> (result, resolved config, output dir).
 
@@ -252,7 +255,8 @@ def plan_checkpoint(
     ``overrides``: model keys on top of the checkpoint's config and the env's planning preset
     (``dinowm_core.presets.plan_config``), evaluation keys with or without ``eval.``, and job keys (``ray.*``,
     ``mlflow.*``). ``use_ray``: episodes in env actors (``planner_actor``: the model in a planner actor) or
-    in-process. Raises ``ConfigError`` / ``CheckpointError`` / ``ValueError`` / ``FileNotFoundError`` /
+    in-process. ``serve_url``: the episodes plan through the planning service there
+    (:class:`serving.env_actor.ServicePolicy`), the checkpoint only imagines. Raises ``ConfigError`` / ``CheckpointError`` / ``ValueError`` / ``FileNotFoundError`` /
     ``LookupError`` with a message for the user.
     """
     from dinowm_core.evaluation.loop import check_model_env, evaluate
@@ -271,13 +275,21 @@ def plan_checkpoint(
     check_model_env(cfg, trained)
     out_dir = Path(out or Path(cfg.output_dir) / "plan" / f"{time.strftime('%Y%m%d_%H%M%S')}_{ckpt_dir.name}")
     out_dir = out_dir.resolve()
-    if use_ray:
-        connect(job.ray)
-        result = evaluate_on_ray(
-            ckpt_dir, cfg, planner="actor" if planner_actor else "local", out_dir=out_dir
-        )
-    else:
-        result = evaluate(load_world_model(ckpt_dir), cfg, out_dir=out_dir)
+    policy = None
+    if serve_url is not None:
+        from serving.env_actor import evaluation_policy
+
+        policy = evaluation_policy(serve_url, cfg, checkpoint=ckpt_dir)
+    try:
+        if use_ray:
+            connect(job.ray)
+            result = evaluate_on_ray(ckpt_dir, cfg, planner="actor" if planner_actor else "local",
+                                     out_dir=out_dir, policy=policy)  # fmt: skip
+        else:
+            result = evaluate(load_world_model(ckpt_dir), cfg, out_dir=out_dir, policy=policy)
+    finally:
+        if policy is not None:
+            policy.close()
     tracking.log_evaluation(result, cfg, job.mlflow, out_dir, ckpt)
     return result, cfg, out_dir
 
@@ -302,13 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("overrides", nargs="*", help="config overrides: env=wall n_evals=50 ray.address=auto ...")
     ap.add_argument("--planner-actor", action="store_true", help="the model in a planner actor")
+    ap.add_argument("--serve-url", default=None, help="plan through the planning service at this URL")
     ap.add_argument("--out", "-o", default=None, help="output dir (default output_dir/plan/<time>)")
     ap.add_argument("--json", action="store_true", help="print the results JSON to stdout")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result, _, out_dir = plan_checkpoint(args.ckpt, args.overrides, planner_actor=args.planner_actor,
-                                             out=args.out)  # fmt: skip
+                                             out=args.out, serve_url=args.serve_url)  # fmt: skip
     except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
