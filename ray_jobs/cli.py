@@ -107,7 +107,8 @@ def quickstart_cmd(
 @app.command("plan")
 def plan_cmd(
     ckpt: str = typer.Argument(
-        ..., help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
+        ...,
+        help="checkpoint directory, runs:/ID (or runs:/ID/checkpoint), models:/NAME/VERSION or @ALIAS, or a run name",
     ),
     overrides: list[str] | None = OVERRIDES,
     json_out: bool = typer.Option(

@@ -80,7 +80,7 @@ def show_cmd(
 def model_cmd(
     ref: str = typer.Argument(
         ...,
-        help="models:/NAME/VERSION or /NAME@ALIAS, NAME (latest version), runs:/ID[/checkpoint], a run name",
+        help="models:/NAME/VERSION or /NAME@ALIAS, NAME (latest version), runs:/ID (or runs:/ID/checkpoint), a run name",
     ),
     dst: str | None = typer.Option(
         None, "--dst", help="cache directory (default <output-dir>/models); reused when already downloaded"

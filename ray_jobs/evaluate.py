@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Evaluate planning with a checkpoint, episodes in Ray env actors."
     )
     ap.add_argument(
-        "ckpt", help="checkpoint directory, runs:/ID[/checkpoint], models:/NAME/VERSION|@ALIAS, or a run name"
+        "ckpt",
+        help="checkpoint directory, runs:/ID (or runs:/ID/checkpoint), models:/NAME/VERSION or @ALIAS, or a run name",
     )
     ap.add_argument("overrides", nargs="*", help="config overrides: env=wall n_evals=50 ray.address=auto ...")
     ap.add_argument("--planner-actor", action="store_true", help="the model in a planner actor")

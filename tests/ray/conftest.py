@@ -21,6 +21,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 def ray_cluster():
     import ray
 
+    if ray.is_initialized():  # another directory's session fixture started it (tests/serving reuses this one)
+        yield ray
+        return
     before = set(procs.descendants(os.getpid()))
     tmp = tempfile.mkdtemp(prefix="dwr-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     with cluster.embedded_settings():  # loopback only, like the clusters our commands start
