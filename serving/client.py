@@ -7,8 +7,9 @@ bodies); responses come back as the pydantic models of :mod:`serving.schemas`.
 
 Retries: a 503 (overloaded) and a connection that could not be opened are retried ``retries`` times with
 exponential backoff (``backoff_s * 2**attempt``, or the server's ``Retry-After`` when larger). A request that
-may have reached the service is retried only when repeating it is harmless (``GET``, ``DELETE``, ``/v1/plan``
-and ``/v1/rollout``, which are deterministic): a repeated ``act`` would advance its session twice. A 4xx (and
+may have reached the service (a dropped connection, a 500/502 from a replica that died) is retried only when
+repeating it is harmless (``GET``, ``DELETE``, ``/v1/plan`` and ``/v1/rollout``, which are deterministic): a
+repeated ``act`` would advance its session twice. A 4xx (and
 a 504: its deadline is gone) raises :class:`ServiceError` at once. Every call sends one ``X-Request-ID``,
 the same on all its attempts, so the service's logs tie them together.
 """
@@ -33,6 +34,9 @@ Obs = Mapping[str, np.ndarray]
 
 #: statuses worth another attempt: the service was busy, nothing happened
 RETRY_STATUS = frozenset({503})
+#: statuses worth another attempt of a call that may be repeated: the replica serving it died (Serve's proxy
+#: answers 500/502 for requests in flight on a replica that is being replaced)
+RETRY_STATUS_IDEMPOTENT = frozenset({500, 502, 503})
 #: errors raised before the request left this process: always safe to retry
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -201,7 +205,7 @@ class _Base:
         if attempt >= self.retries:
             return False
         if r is not None:
-            return r.status_code in RETRY_STATUS
+            return r.status_code in (RETRY_STATUS_IDEMPOTENT if call.idempotent else RETRY_STATUS)
         return isinstance(e, _NOT_SENT) or (call.idempotent and isinstance(e, httpx.TransportError))
 
 

@@ -141,6 +141,15 @@ def test_connection_errors_are_retried_but_an_act_that_may_have_arrived_is_not()
     assert client(script).plan(OBS, GOAL).n_steps == 5 and len(script.requests) == 2  # a plan is idempotent
 
 
+def test_a_dead_replicas_500_is_retried_for_a_plan_but_not_for_an_act():
+    script = Script(500, 502, (200, PLAN))  # Serve's proxy: the replica serving the request died
+    assert client(script).plan(OBS, GOAL).n_steps == 5 and len(script.requests) == 3
+    script = Script(500, (200, ACT))
+    with pytest.raises(ServiceError) as e:  # the session may have advanced: the caller decides
+        client(script).act("s1", OBS)
+    assert e.value.status == 500 and len(script.requests) == 1
+
+
 def test_sessions_rollout_models_and_auth(monkeypatch):
     monkeypatch.setenv("DINOWM_API_KEY", "k-env")
     info = {"source": "/ckpt", "env": "wall", "config_digest": "d", "img_size": 64, "action_dim": 2,
