@@ -84,15 +84,45 @@ async def load(url: str, planner: dict, clients: int, seconds: float, min_reques
             "p99_ms": float(np.percentile(ms, 99)), "mean_batch": float(np.mean(batch))}  # fmt: skip
 
 
+def inprocess(ckpt: str, planner: dict, batch: int, seconds: float, obs: list, device: str) -> dict:
+    """The same requests planned by ``PlanningService.plan`` in this process, ``batch`` at a time, on one torch
+    thread like a replica: what the service would do without HTTP, Serve and queueing."""
+    import torch
+
+    from serving.client import encode_obs
+    from serving.schemas import PlanRequest
+    from serving.service import PlanningService
+
+    torch.set_num_threads(1)
+    service = PlanningService.load(ckpt, device=device)
+    requests = [PlanRequest.model_validate({"obs": encode_obs(obs[i % len(obs)]), "planner": planner, "seed": i,
+                                            "goal": encode_obs(obs[(i + 1) % len(obs)])})
+                for i in range(batch)]  # fmt: skip
+    service.plan(requests)  # warm-up
+    lat, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < seconds or len(lat) < 2:
+        t1 = time.perf_counter()
+        service.plan(requests)
+        lat.append(time.perf_counter() - t1)
+    ms = np.array(lat) * 1e3
+    return {
+        "requests": len(lat) * batch,
+        "plans_per_s": len(lat) * batch / (time.perf_counter() - t0),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_batch": batch,
+    }
+
+
 def start_app(ckpt: str, *, max_batch_size: int, device: str, port: int) -> tuple[str, object]:
     """The Serve app on 127.0.0.1:``port`` in a local Ray cluster -> (base URL, a function that stops it)."""
-    import ray
     from ray import serve
 
+    from ray_jobs.cluster import connect
+    from ray_jobs.job_config import RayConfig
     from serving.app import build_app
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    connect(RayConfig())  # the embedded loopback cluster `dinowm serve` uses
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     gpus = 1 if device.startswith("cuda") else 0
     args = {
@@ -126,6 +156,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dinowm-bench-serve-") as tmp:
         ckpt = args.ckpt or tiny_checkpoint(tmp)
         host = {"host": platform.node(), "device": args.device, "cpus": os.cpu_count()}
+        from dinowm_core.training.checkpoint import load_config_from_checkpoint
+
+        cfg = load_config_from_checkpoint(ckpt)
+        local_obs = observations(16, cfg.img_size, cfg.env.proprio_dim)
+        for name, n in [("small", n) for n in clients] + [("ref", 1)]:
+            planner = {**SETTINGS[name], "opt_steps": args.opt_steps}
+            row = inprocess(ckpt, planner, n, args.seconds, local_obs, args.device)
+            emit(
+                bench="serve", setting=name, planner=planner, clients=n, batching="in-process", **row, **host
+            )
         for max_batch in (32, 1):
             url, stop = start_app(ckpt, max_batch_size=max_batch, device=args.device, port=args.port)
             try:
@@ -141,11 +181,12 @@ def main() -> None:
                          max_batch_size=max_batch, **row, **host)  # fmt: skip
             finally:
                 stop()
-    import ray
     from ray import serve
 
+    from ray_jobs.cluster import disconnect
+
     serve.shutdown()  # the Serve instance and Ray cluster this process started
-    ray.shutdown()
+    disconnect()
 
 
 if __name__ == "__main__":
