@@ -119,7 +119,12 @@ def connect(ray_cfg: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     if ray_cfg.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=ray_cfg.address or "auto")
+        address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or "auto"
+        if _is_loopback(address):  # a cluster on 127.0.0.1 only: this driver must join it as 127.0.0.1 too
+            with embedded_settings():
+                ray.init(address=address, _node_ip_address=LOOPBACK)
+        else:
+            ray.init(address=address)
         return False
     needed = math.ceil(max(ray_cfg.num_workers, 1) * ray_cfg.cpus_per_worker)
     tmp = temp_dir()
@@ -144,6 +149,22 @@ def connect(ray_cfg: RayConfig) -> bool:
     _session = Path(ray._private.worker._global_node.get_session_dir_path())
     atexit.register(disconnect)
     return True
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` (``host:port`` of a GCS) is a cluster whose every node is 127.0.0.1: one started in
+    Ray's local-only mode, as :func:`connect` starts them. Such a cluster is only joined by a driver that runs
+    in that mode too (otherwise the driver registers the machine's routable address and waits for a raylet
+    there forever). Any doubt (``auto``, ``ray://``, no answer) means no."""
+    if "://" in address or address == "auto" or address.rsplit(":", 1)[0] not in (LOOPBACK, "localhost"):
+        return False
+    try:
+        from ray._raylet import GcsClient
+
+        nodes = GcsClient(address=address).get_all_node_info(timeout=10).values()
+        return bool(nodes) and all(node.node_manager_address == LOOPBACK for node in nodes)
+    except Exception:  # an unreachable or foreign GCS: join the usual way, which reports it
+        return False
 
 
 def disconnect() -> None:
