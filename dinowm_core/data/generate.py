@@ -334,8 +334,8 @@ def generate(
             else:
                 with _worker_environment(), _sigint_ignored():
                     pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_ignore_sigint)
-                with pool:  # leaving the block (also by Ctrl-C) terminates the workers
-                    _collect(pool.imap_unordered(_run_shard, tasks), done, bar)
+                with pool, _deferred_sigint() as interrupted:  # leaving the block terminates the workers
+                    _collect(_polled(pool.imap_unordered(_run_shard, tasks), interrupted), done, bar)
     except KeyboardInterrupt:
         # Count sidecars, not results: a worker may have finished a shard the parent had not yet received.
         kept = sum(_sidecar(partial, s).is_file() for s in range(spec.num_shards))
@@ -345,6 +345,34 @@ def generate(
         return None
     finalize(spec, out, done)
     return Path(out)
+
+
+@contextmanager
+def _deferred_sigint() -> Iterator[threading.Event]:
+    """Ctrl-C sets the yielded event instead of raising wherever the main thread happens to be: raised inside
+    the pool's result queue (a lock's release), KeyboardInterrupt turns into "release unlocked lock"."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _polled(results: Any, interrupted: threading.Event, poll_s: float = 0.2) -> Iterator[dict[str, Any]]:
+    """The pool's results as they come, raising KeyboardInterrupt here once ``interrupted`` is set."""
+    while True:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        try:
+            yield results.next(timeout=poll_s)
+        except mp.TimeoutError:
+            continue
+        except StopIteration:
+            return
 
 
 def _collect(results: Iterable[dict[str, Any]], done: dict[int, ShardInfo], bar: Any) -> None:
