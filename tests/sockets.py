@@ -155,7 +155,10 @@ class SocketWatch:
         seen = listening_sockets(pids)
         with self._lock:
             self.pids.update(pids)
-            self.sockets = (self.sockets - seen) | seen  # keep the latest process names
+            # Keep the latest process names, but never an empty one: a process that is exiting has released its
+            # memory (an empty /proc/<pid>/cmdline) while its sockets are still open.
+            named = {sock for sock in seen if sock.process}
+            self.sockets = (self.sockets - named) | named | (seen - self.sockets)
 
     def _run(self) -> None:
         while not self._stop.is_set():
