@@ -219,26 +219,19 @@ def plan_run(cfg: Config, r: RayConfig, resume: str | None = None, run_name: str
     return RunPlan(name, storage)
 
 
-def _override_value(overrides: list[str], key: str) -> str | None:
-    found = None
-    for item in overrides:
-        k, sep, v = item.partition("=")
-        if sep and k.strip() == key:
-            found = v.strip()
-    return found
-
-
 def resume_config(resume: str, overrides: list[str]) -> tuple[Config, JobConfig]:
     """The config of ``dinowm train resume=<run or checkpoint> [overrides]``: the run's (or checkpoint's) own
     config and job settings, then the overrides. Overrides that change the model raise :class:`PreflightError`
     (:func:`check_same_model`); the rest (``training.max_steps``, ``data.path``, ``ray.*``, ...) apply.
     """
-    from dinowm_core.presets import apply_overrides
+    from dinowm_core.presets import apply_overrides, split_overrides
     from ray_jobs.job_config import resolve_paths
 
     core, job_overrides = split_job_overrides(overrides)
-    output_dir = _override_value(core, "output_dir") or Config.model_fields["output_dir"].default
-    storage = _override_value(job_overrides, "ray.storage_path") or str(Path(output_dir) / "ray_results")
+    output_dir = dict(split_overrides(core)).get("output_dir") or Config.model_fields["output_dir"].default
+    storage = dict(split_overrides(job_overrides)).get("ray.storage_path") or str(
+        Path(output_dir) / "ray_results"
+    )
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     kind, where = _locate(resume, storage)

@@ -77,3 +77,24 @@ def png_b64(h: int = 64, w: int = 64, channels: int = 3, seed: int = 0) -> str:
 
 def obs(proprio_dim: int, seed: int = 0, **visual) -> dict:
     return {"visual": png_b64(seed=seed, **visual), "proprio": [0.1 * (seed + 1)] * proprio_dim}
+
+
+def replicas(app: str) -> list:
+    """The live replica actors of app ``app``'s ``planner`` deployment."""
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:planner"), ("state", "=", "ALIVE")])
+
+
+def wait_replaced(app: str, victim, n: int = 2, timeout_s: float = 120) -> None:
+    """Until ``victim`` (a replica actor) is gone and ``n`` replicas of ``app`` run again."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = {a.actor_id for a in replicas(app)}
+        status = serve.status().applications[app].deployments["planner"]
+        if len(alive) == n and victim.actor_id not in alive and status.replica_states.get("RUNNING") == n:
+            return
+        assert time.monotonic() < deadline, (alive, status)
+        time.sleep(1)

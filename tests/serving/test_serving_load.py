@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serving.conftest import obs, run_app
+from tests.serving.conftest import obs, replicas, run_app, wait_replaced
 
 pytestmark = [pytest.mark.ray, pytest.mark.serving, pytest.mark.slow]
 
@@ -64,12 +64,6 @@ def _arrays(body: dict) -> dict:
     return {"visual": decode_visual(body["visual"]), "proprio": np.asarray(body["proprio"], dtype=np.float32)}
 
 
-def _replicas() -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(filters=[("class_name", "=", f"ServeReplica:{APP}:planner"), ("state", "=", "ALIVE")])
-
-
 def test_32_clients_are_all_served_in_batches(app, record_property):
     latencies, batches = asyncio.run(_load(app, requests_per_client=3))
     assert len(latencies) == CLIENTS * 3
@@ -82,9 +76,8 @@ def test_32_clients_are_all_served_in_batches(app, record_property):
 
 
 def test_a_killed_replica_is_replaced_and_requests_succeed_after_retry(app, ray_cluster):
-    from ray import serve
 
-    victim = _replicas()[0]
+    victim = replicas(APP)[0]
 
     async def kill_one() -> None:
         await asyncio.sleep(1.0)  # the load is running
@@ -92,11 +85,4 @@ def test_a_killed_replica_is_replaced_and_requests_succeed_after_retry(app, ray_
 
     latencies, _ = asyncio.run(_load(app, requests_per_client=4, during=kill_one))
     assert len(latencies) == CLIENTS * 4  # every request answered, some after a retry
-    deadline = time.monotonic() + 120
-    while True:
-        alive = {a.actor_id for a in _replicas()}
-        status = serve.status().applications[APP].deployments["planner"]
-        if len(alive) == 2 and victim.actor_id not in alive and status.replica_states.get("RUNNING") == 2:
-            break
-        assert time.monotonic() < deadline, (alive, status)
-        time.sleep(1)
+    wait_replaced(APP, victim)

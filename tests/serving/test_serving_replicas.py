@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.conftest import obs, run_app
+from tests.serving.conftest import obs, replicas, run_app, wait_replaced
 
 pytestmark = [pytest.mark.ray, pytest.mark.serving, pytest.mark.slow]
 
@@ -27,12 +27,6 @@ def app(serve_url, tiny_ckpt):
     serve.delete(APP)
 
 
-def _replicas() -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(filters=[("class_name", "=", f"ServeReplica:{APP}:planner"), ("state", "=", "ALIVE")])
-
-
 def _act(url: str, sid: str, seed: int) -> httpx.Response:
     """``act`` as a client does it: retried on 5xx and dropped connections (a replica being replaced)."""
     for _ in range(20):
@@ -47,7 +41,6 @@ def _act(url: str, sid: str, seed: int) -> httpx.Response:
 
 
 def test_a_session_survives_any_replica_and_a_replica_death(app, ray_cluster):
-    from ray import serve
 
     sid = httpx.post(f"{app}/v1/sessions", json={"goal": obs(2, 1), "seed": 3}, timeout=60).json()[
         "session_id"
@@ -63,17 +56,10 @@ def test_a_session_survives_any_replica_and_a_replica_death(app, ray_cluster):
     }
     assert len(answered) == 2, answered  # both replicas served the one session
 
-    victim = _replicas()[0]
+    victim = replicas(APP)[0]
     ray_cluster.kill(ray_cluster.get_actor(victim.name, namespace="serve"), no_restart=True)
     steps = [_act(app, sid, k).json()["step"] for k in range(4)]
     assert steps[0] > 12 and steps == sorted(set(steps)), steps  # the session went on
 
-    deadline = time.monotonic() + 120
-    while True:
-        alive = {a.actor_id for a in _replicas()}
-        status = serve.status().applications[APP].deployments["planner"]
-        if len(alive) == 2 and victim.actor_id not in alive and status.replica_states.get("RUNNING") == 2:
-            break
-        assert time.monotonic() < deadline, (alive, status)
-        time.sleep(1)
+    wait_replaced(APP, victim)
     assert _act(app, sid, 0).status_code == 200
