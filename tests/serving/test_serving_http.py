@@ -239,19 +239,21 @@ def test_batch_size_and_session_metrics_are_exported(app, info, ray_cluster):
     post(f"{app}/v1/plan", plan_body(info))
     sid = post(f"{app}/v1/sessions", {"goal": obs(info["proprio_dim"], 1)}).json()["session_id"]
     httpx.delete(f"{app}/v1/sessions/{sid}")
-    wanted = ["ray_dinowm_serve_batch_size_bucket", "ray_dinowm_serve_sessions_created",
+    # Other apps on this shared cluster export the same metric names (their kind="act" buckets among them),
+    # so wait for this app's own plan bucket rather than for the names alone.
+    wanted = ['ray_dinowm_serve_batch_size_bucket{', "ray_dinowm_serve_sessions_created",
               "ray_dinowm_serve_sessions_live", "ray_serve_num_http_requests"]  # fmt: skip
     deadline = time.monotonic() + 60  # the metrics agent exports every few seconds
     while True:
-        text = httpx.get(url, timeout=10).text
-        missing = [name for name in wanted if name not in text]
-        if not missing or time.monotonic() > deadline:
+        lines = httpx.get(url, timeout=10).text.splitlines()
+        ours = [line for line in lines if line.startswith(wanted[0])
+                and 'kind="plan"' in line and 'application="http"' in line]  # fmt: skip
+        missing = [name for name in wanted if not any(line.startswith(name) for line in lines)]
+        if (ours and not missing) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert not missing, missing
-    assert 'kind="plan"' in next(
-        line for line in text.splitlines() if "dinowm_serve_batch_size_bucket" in line
-    )
+    assert ours, [line for line in lines if line.startswith(wanted[0])][:3]
 
 
 def _mutate(value, rng: np.random.Generator, depth: int = 0):
