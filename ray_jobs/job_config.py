@@ -27,6 +27,12 @@ class RayConfig(ConfigModel):
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="with use_gpu; a fraction shares a GPU (e.g. sweep trials: 0.5 = two per GPU)",
+    )
     storage_path: str | None = Field(None, description="None = <output_dir>/ray_results")
     max_failures: int = Field(0, ge=-1)
     num_to_keep: int = Field(2, gt=0)

@@ -144,6 +144,68 @@ def _failure(error: BaseException, plan: RunPlan, joined: bool) -> TrainFailed:
     return TrainFailed(plan.name, plan.run_dir, line, _error_log(error, plan))
 
 
+def worker_spec(
+    cfg: Config,
+    r: Any,
+    name: str,
+    storage_path: str,
+    tracker: tracking.RunTracker,
+    resume_checkpoint: str | None = None,
+    metric_callbacks: Sequence[MetricCallback] = (),
+) -> dict[str, Any]:
+    """What every worker of one Train run receives (``ray_jobs.train_worker.train_loop``)."""
+    return {
+        "config": cfg.to_json(),
+        "run_name": name,
+        "storage_path": storage_path,
+        "use_gpu": r.use_gpu,
+        "cpus_per_worker": r.cpus_per_worker,
+        "resume_checkpoint": resume_checkpoint,
+        "tracking_uri": tracker.uri,
+        "mlflow_run_id": tracker.run_id,
+        "metric_callbacks": list(metric_callbacks),
+    }
+
+
+def build_trainer(
+    spec: dict[str, Any], r: Any, *, name: str, storage_path: str, callbacks: Sequence[Any] = (),
+    interruptible: bool = False,
+) -> Any:  # fmt: skip
+    """The ``TorchTrainer`` of one Train run (``dinowm train``, or one trial of ``dinowm tune``).
+
+    ``callbacks``: Train V2 user callbacks (a sweep's trial passes Tune's report callback). ``interruptible``:
+    Ctrl-C stops the workers and raises KeyboardInterrupt (the driver of ``dinowm train``; in a Tune trial,
+    Tune owns the signal).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ray_jobs.train_backend import torch_config
+
+    gpu = {"GPU": r.gpus_per_worker} if r.use_gpu else {}
+    cls = _interruptible(TorchTrainer) if interruptible else TorchTrainer
+    return cls(
+        train_loop,
+        train_loop_config=spec,
+        torch_config=torch_config("nccl" if r.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers,
+            use_gpu=r.use_gpu,
+            resources_per_worker={"CPU": r.cpus_per_worker, **gpu},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
+            callbacks=list(callbacks),
+            # Ray's INFO lines echo every report's full metrics dict; our workers print progress lines (steps,
+            # validation, epochs).
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
 def run(
     cfg: Config,
     job: JobConfig | None = None,
@@ -158,11 +220,6 @@ def run(
     metrics row it logs, ``callback(metrics, step)`` (see :class:`~ray_jobs.train_worker.RayTrainHooks`); they
     travel to the workers pickled, so they must be importable there.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_jobs.train_backend import torch_config
-
     job = job or JobConfig()
     cfg, job = resolve_paths(cfg, job)
     r = job.ray
@@ -171,36 +228,10 @@ def run(
     connect(r)
     check_gpus(r)
     tracker = _open_tracking(cfg, job, plan)
-    spec = {
-        "config": cfg.to_json(),
-        "run_name": plan.name,
-        "storage_path": plan.storage_path,
-        "use_gpu": r.use_gpu,
-        "cpus_per_worker": r.cpus_per_worker,
-        "resume_checkpoint": plan.resume_checkpoint,
-        "tracking_uri": tracker.uri,
-        "mlflow_run_id": tracker.run_id,
-        "metric_callbacks": list(metric_callbacks),
-    }
-    trainer = _interruptible(TorchTrainer)(
-        train_loop,
-        train_loop_config=spec,
-        torch_config=torch_config("nccl" if r.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=r.num_workers,
-            use_gpu=r.use_gpu,
-            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
-        ),  # fmt: skip
-        run_config=RunConfig(
-            name=plan.name,
-            storage_path=plan.storage_path,
-            failure_config=FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
-            # Ray's INFO lines echo every report's full metrics dict; our workers print progress lines (steps,
-            # validation, epochs).
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
+    spec = worker_spec(
+        cfg, r, plan.name, plan.storage_path, tracker, plan.resume_checkpoint, metric_callbacks
     )
+    trainer = build_trainer(spec, r, name=plan.name, storage_path=plan.storage_path, interruptible=True)
     log.info("Train run %s (storage %s, MLflow run %s)", plan.name, plan.storage_path, tracker.run_id)
     log.info("starting %d Ray Train worker(s); the first step follows once they have built the model",
              max(r.num_workers, 1))  # fmt: skip
@@ -208,11 +239,11 @@ def run(
         result = trainer.fit()
     except KeyboardInterrupt:
         tracker.end("KILLED")
-        _remove_staging(plan, r)
+        remove_staging(plan.name, r)
         raise TrainInterrupted(plan.name, plan.run_dir) from None
     except Exception as e:
         tracker.end("FAILED")
-        _remove_staging(plan, r)
+        remove_staging(plan.name, r)
         raise _failure(e, plan, joins_cluster(r)) from e
     except BaseException:
         tracker.end("FAILED")
@@ -231,12 +262,12 @@ def run(
     )
 
 
-def _remove_staging(plan: RunPlan, r: Any) -> None:
-    """After a failed or interrupted run on this machine's cluster: the workers' scratch (they may have been
-    stopped before removing it); a restart reads checkpoints from storage, never from there."""
+def remove_staging(run_name: str, r: Any) -> None:
+    """After a failed, interrupted or stopped run on this machine's cluster: the workers' scratch (they may have
+    been stopped before removing it); a restart reads checkpoints from storage, never from there."""
     if joins_cluster(r):
         return  # the workers' nodes are not this machine
-    root = staging_root(plan.name)
+    root = staging_root(run_name)
     shutil.rmtree(root, ignore_errors=True)
     with contextlib.suppress(OSError):
         root.parent.rmdir()

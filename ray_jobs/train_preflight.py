@@ -91,14 +91,16 @@ def _check_weights(cfg: Config) -> None:
 
 
 def check_gpus(r: RayConfig) -> None:
-    """With ``ray.use_gpu``, the connected cluster must have a GPU per worker."""
+    """With ``ray.use_gpu``, the connected cluster must have ``gpus_per_worker`` GPU for every worker."""
     import ray
 
     if r.use_gpu:
         have = ray.cluster_resources().get("GPU", 0)
-        if have < max(r.num_workers, 1):
+        need = max(r.num_workers, 1) * r.gpus_per_worker
+        if have + 1e-9 < need:
             raise PreflightError(
-                f"ray.use_gpu=true needs {max(r.num_workers, 1)} GPUs; the cluster has {have:g}"
+                f"ray.use_gpu=true needs {need:g} GPUs ({max(r.num_workers, 1)} worker(s) x "
+                f"ray.gpus_per_worker={r.gpus_per_worker:g}); the cluster has {have:g}"
             )
 
 
