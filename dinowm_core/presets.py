@@ -42,6 +42,8 @@ GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
 OPEN_LOOP_PLANNERS = ("cem", "gd")
 #: goal sources whose goal lies goal_H model steps ahead (random_state / file goals have no such distance)
 DISTANCE_GOAL_SOURCES = ("dset", "random_action")
+#: ``presets.plan`` of a checkpoint exported by a planner sweep (``ray_jobs.tune_finish``): "sweep:<name>/<trial>"
+TUNED_PLAN_PREFIX = "sweep:"
 
 
 # ---- preset files ---------------------------------------------------------------------------------------
@@ -192,7 +194,10 @@ def plan_config(base: Config, overrides: list[str]) -> Config:
     """
     user = dict(split_overrides(overrides))
     env = str(user.get("env", base.env.name)).strip()
-    preset = preset_overrides(env)
+    tuned = base.presets.get("plan", "")
+    # A checkpoint exported by a planner sweep carries the planner settings it found: the env preset would
+    # undo them.
+    preset = {} if tuned.startswith(TUNED_PLAN_PREFIX) else preset_overrides(env)
     # Group choices (`planner=cem`) are applied before dotted keys, so a preset's planner.name would beat the
     # user's choice: drop every preset key the command line sets, directly or through its group.
     won = sorted(k for k in preset if k in user or (k == "planner.name" and "planner" in user))
@@ -203,6 +208,8 @@ def plan_config(base: Config, overrides: list[str]) -> Config:
     if preset:
         log.info("planning preset %s: %s%s", preset_path(env), ", ".join(items[:-1]),
                  f" (command line wins for {', '.join(won)})" if won else "")  # fmt: skip
+    elif tuned.startswith(TUNED_PLAN_PREFIX):
+        log.info("planner settings of %s (found by a sweep), no env preset on top", tuned)
     else:
         log.info(
             "no planning preset for env %r (%s): checkpoint config and overrides only", env, preset_path(env)

@@ -12,6 +12,7 @@ import typer
 from ray_jobs.cli_data import data_app
 from ray_jobs.cli_runs import runs_app, train_cmd
 from ray_jobs.cli_serve import serve_cmd
+from ray_jobs.cli_tune import tune_cmd
 
 app = typer.Typer(
     help="DINO-WM world models: build, train, plan and serve. Overrides are Hydra-style key=value.",
@@ -22,6 +23,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.command("train")(train_cmd)
 app.command("serve")(serve_cmd)
+app.command("tune")(tune_cmd)
 
 OVERRIDES = typer.Argument(None, help="config overrides: env=wall frameskip=5 predictor.depth=4 ...")
 

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 RUN_NAME_TAG = "dinowm.run_name"
+# Sweeps (``ray_jobs.tune``): one run per sweep, one child run per trial (MLflow nests runs by this tag).
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "dinowm.tune.trial_id"
+TRIAL_STATUS_TAG = "dinowm.tune.status"  # completed | stopped_early | failed | interrupted
 # MLflow's limit on a param value (longer values are rejected, not truncated).
 _MAX_PARAM_LEN = 6000
 
@@ -223,6 +227,47 @@ def log_evaluation(
         raise
     tracker.end("FINISHED")
     return run_id
+
+
+def trial_tracker(
+    uri: str, parent_run_id: str, trial_id: str, run_name: str, config: Mapping[str, Any],
+    tags: Mapping[str, str | None],
+) -> RunTracker:  # fmt: skip
+    """The MLflow run of one sweep trial, a child of the sweep's run. A trial that Tune starts again (a resumed
+    sweep) continues its own run rather than opening a second one."""
+    client = mlflow_client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    tracker = RunTracker(uri, client.get_experiment(experiment_id).name)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    if found:
+        tracker.reopen(found[0].info.run_id)
+    else:
+        tracker.start(run_name, config, {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, **tags})
+    return tracker
+
+
+def trial_runs(uri: str, parent_run_id: str) -> dict[str, Any]:
+    """``{trial id: mlflow Run}`` of a sweep's child runs."""
+    client = mlflow_client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=10_000)  # fmt: skip
+    return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
+
+
+def end_trial_run(uri: str, run_id: str, trial_status: str) -> None:
+    """Close a trial's run: ``trial_status`` (completed, stopped_early, failed, interrupted) as a tag; MLflow's
+    status FINISHED for the first two (an early stop is the scheduler's normal decision), else FAILED / KILLED."""
+    client = mlflow_client(uri)
+    client.set_tag(run_id, TRIAL_STATUS_TAG, trial_status)
+    status = {"completed": "FINISHED", "stopped_early": "FINISHED", "failed": "FAILED"}.get(
+        trial_status, "KILLED"
+    )
+    client.set_terminated(run_id, status=status)
 
 
 def has_checkpoint(client: Any, run_id: str, path: str = CHECKPOINT_ARTIFACT) -> bool:

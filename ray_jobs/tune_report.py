@@ -309,6 +309,17 @@ _STYLE = {  # status -> (marker, colour, legend label) in the scatter plots
 _OTHER_STYLE = ("s", "C7", "other status")
 
 
+def _major_labels_only(ax: Axes, xs: Sequence[float]) -> None:
+    """Matplotlib labels a log axis's minor ticks when it spans less than ~1.5 decades, and they overlap: keep
+    the decade labels when there are two or more, else tilt the minor ones so that they fit."""
+    from matplotlib.ticker import NullFormatter
+
+    if max(xs) / min(xs) >= 30:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.tick_params(axis="x", which="minor", labelsize=7, labelrotation=45)
+
+
 def plot_metric_vs_params(
     records: Iterable[TrialRecord], metric: str, out_path: str | Path, *, log_keys: Collection[str] = ()
 ) -> Path | None:
@@ -331,6 +342,7 @@ def plot_metric_vs_params(
             xs = [float(v) for v in values]
             if key in log_keys and all(x > 0 for x in xs):
                 ax.set_xscale("log")
+                _major_labels_only(ax, xs)
         else:
             labels = sorted({str(v) for v in values})
             pos = {s: i for i, s in enumerate(labels)}
@@ -435,6 +447,7 @@ def plot_success_vs_cost(
     # Planner costs span orders of magnitude (30 vs 3000 samples): a log axis keeps the cheap end readable.
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
+        _major_labels_only(ax, xs)
     ax.set_xlabel(f"{cost_key} (seconds per plan)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs cost")
