@@ -159,17 +159,18 @@ def default_concurrency(space: SearchSpace, job: JobConfig, cpus_per_actor: floa
     if space.kind == "planner":
         return max(1, int(total.get("CPU", 1) // (PLANNER_TRIAL_CPUS + cpus_per_actor)))
     workers = max(r.num_workers, 1)
-    fit = int(total.get("CPU", 1) // (workers * r.cpus_per_worker) + 1e-9)
+    fit = int(total.get("CPU", 1) // (workers * r.cpus_per_worker + TRAIN_TRIAL_CPUS) + 1e-9)
     if r.use_gpu:
         fit = min(fit, int(total.get("GPU", 0) // (workers * r.gpus_per_worker) + 1e-9))
     return max(1, fit)
 
 
-def _searcher(search: str, space: SearchSpace, seed: int) -> Any:
+def _searcher(search: str, space: SearchSpace, seed: int, max_concurrent: int = 0) -> Any:
     if search == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: it takes its own limit.
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     if search == "optuna":
         grid = [k for k, d in space.params.items() if d.is_grid]
         if grid:
@@ -205,10 +206,12 @@ def _trainable(sweep: dict[str, Any], job: JobConfig) -> Any:
     from ray_jobs.tune_trials import planner_trial, train_trial
 
     if sweep["kind"] == "planner":
-        resources = {"CPU": PLANNER_TRIAL_CPUS}
-        if job.ray.use_gpu:
-            resources["GPU"] = job.ray.gpus_per_worker
-        return tune.with_resources(tune.with_parameters(planner_trial, sweep=sweep), resources)
+        # The trial's process plans (its bundle holds the planner's CPU, and a GPU share with ray.use_gpu);
+        # one bundle per env actor it starts.
+        planner = {"CPU": PLANNER_TRIAL_CPUS, **({"GPU": job.ray.gpus_per_worker} if job.ray.use_gpu else {})}
+        bundles = [planner] + [{"CPU": sweep["cpus_per_actor"]}] * sweep["env_actors"]
+        return tune.with_resources(tune.with_parameters(planner_trial, sweep=sweep),
+                                   tune.PlacementGroupFactory(bundles))  # fmt: skip
     return tune.with_resources(tune.with_parameters(train_trial, sweep=sweep), {"CPU": TRAIN_TRIAL_CPUS})
 
 
@@ -251,11 +254,11 @@ def run_sweep(
 
     check_gpus(job.ray)
     concurrency = max_concurrent or default_concurrency(space, job, cpus_per_actor)
-    if space.kind == "planner" and cfg.eval.num_actors is None:
-        extra["plan_overrides"] = [
-            *extra["plan_overrides"],
-            f"eval.num_actors={_actors_per_trial(concurrency, cpus_per_actor)}",
-        ]
+    if space.kind == "planner":
+        # Tune places a trial's actors in the trial's placement group: each trial reserves its env actors.
+        actors = cfg.eval.num_actors or _actors_per_trial(concurrency, cpus_per_actor)
+        extra["env_actors"] = min(actors, cfg.eval.n_evals)
+        extra["plan_overrides"] = [*extra["plan_overrides"], f"eval.num_actors={extra['env_actors']}"]
     tracker = tracking.open_tracker(job.mlflow, cfg.output_dir)
     params = {"space": {k: f"{d.kind}{list(d.args)}" for k, d in space.params.items()},
               "sweep": {"num_samples": num_samples, "max_concurrent": concurrency, "search": search, "seed": seed,
@@ -349,7 +352,7 @@ def _fit(state: dict[str, Any], space: SearchSpace, tracker: Any, job: JobConfig
                 num_samples=state["num_samples"],
                 max_concurrent_trials=state["max_concurrent"],
                 scheduler=_scheduler(space, cfg),
-                search_alg=_searcher(state["search"], space, state["seed"]),
+                search_alg=_searcher(state["search"], space, state["seed"], state["max_concurrent"]),
                 trial_dirname_creator=trial_dirname,
             ),  # fmt: skip
             run_config=run_config,

@@ -20,7 +20,7 @@ Distributions: ``choice``, ``grid``, ``uniform``, ``quniform [lo, hi, q]``, ``lo
 ``qloguniform [lo, hi, q]``, ``randint``, ``qrandint [lo, hi, q]`` (randint/qrandint exclude ``hi``, as Tune).
 
 :func:`check_space` validates a space against the config schema before any trial starts: every key and every
-value a trial can draw (each bound, a midpoint, every choice) must give a valid :class:`Config`, and so must every
+value a trial can draw (each bound, a point inside, every choice) must give a valid :class:`Config`, and so must every
 combination of those values (all of them when there are at most :data:`MAX_COMBINATIONS`, else a fixed sample):
 ``planner.cem.topk`` above ``planner.cem.num_samples`` fails here, not in trial 7. Errors are
 :class:`SpaceError` and name the file and the key.
@@ -42,7 +42,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from dinowm_core.config import MODEL_KEYS, Config, ConfigError, format_errors
-from dinowm_core.presets import read_yaml, set_dotted, split_overrides
+from dinowm_core.presets import read_yaml, split_overrides
 from ray_jobs.job_config import JOB_SECTIONS
 
 #: combinations of drawable values checked exhaustively; beyond, a fixed-seed sample of this many
@@ -94,15 +94,16 @@ class Dist:
         return self.kind in ("loguniform", "qloguniform")
 
     def drawable(self) -> list[Any]:
-        """The values to validate: every listed value, or both bounds and a midpoint of a range (a float
-        midpoint catches a continuous distribution on an integer key)."""
+        """The values to validate: every listed value, or both bounds and a point inside a range (a value with
+        a fractional part catches a continuous distribution on an integer key)."""
         if DISTRIBUTIONS[self.kind] is None:
             return list(self.args)
         lo, hi = self.args[0], self.args[1]
         if self.kind in ("randint", "qrandint"):
             return sorted({lo, hi - 1})
-        mid = math.sqrt(lo * hi) if self.is_log else (lo + hi) / 2
-        return [lo, mid, hi]
+        # A third of the way rather than the middle: (2 + 6) / 2 = 4.0 would pass as an integer.
+        inner = lo * (hi / lo) ** (1 / 3) if self.is_log else lo + (hi - lo) / 3
+        return [lo, inner, hi]
 
     def tune_domain(self) -> Any:
         from ray import tune
@@ -275,12 +276,24 @@ def _check_key_kind(space: SearchSpace, key: str) -> None:
             raise _fail(space.path, f"{key}: a training setting; a planner sweep does not train")
 
 
-def _validate(tree: dict[str, Any]) -> str | None:
+def _errors(tree: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         Config.model_validate(tree)
     except ValidationError as e:
-        return format_errors(e).removeprefix("invalid config:\n  ")
-    return None
+        return e.errors()
+    return []
+
+
+def _about(key: str, err: dict[str, Any]) -> bool:
+    """Whether a schema error is about ``key`` alone: a bad value of that field or an unknown key on its path.
+    Checks across fields (model validators: ``topk <= num_samples``) are left to the combinations."""
+    loc = ".".join(str(p) for p in err["loc"])
+    on_path = key == loc or key.startswith(f"{loc}.")
+    return on_path and (err["type"] != "value_error" or key == loc)
+
+
+def _problem(errors: list[dict[str, Any]]) -> str:
+    return format_errors(errors).removeprefix("invalid config:\n  ")
 
 
 def _with(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -307,9 +320,9 @@ def check_space(space: SearchSpace, cfg: Config) -> None:
     for key, options in values.items():
         # A path that does not exist in the config (a typo) fails on its first value, named by the schema.
         for value in options:
-            problem = _validate(_with(tree, {key: value}))
-            if problem:
-                raise _fail(space.path, f"{key}={value!r} gives an invalid config: {problem}")
+            errors = [e for e in _errors(_with(tree, {key: value})) if _about(key, e)]
+            if errors:
+                raise _fail(space.path, f"{key}={value!r} gives an invalid config: {_problem(errors)}")
     keys = list(values)
     total = math.prod(len(v) for v in values.values())
     if total <= MAX_COMBINATIONS:
@@ -318,8 +331,9 @@ def check_space(space: SearchSpace, cfg: Config) -> None:
         rng = random.Random(0)
         combos = (tuple(rng.choice(values[k]) for k in keys) for _ in range(MAX_COMBINATIONS))
     for combo in combos:
-        problem = _validate(_with(tree, dict(zip(keys, combo, strict=True))))
-        if problem:
+        errors = _errors(_with(tree, dict(zip(keys, combo, strict=True))))
+        if errors:
+            problem = _problem(errors)
             shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, combo, strict=True))
             raise _fail(space.path, f"the combination {shown} gives an invalid config: {problem} (narrow the "
                                     f"ranges so that every combination is valid)")  # fmt: skip
@@ -328,12 +342,3 @@ def check_space(space: SearchSpace, cfg: Config) -> None:
 def fixed_by_command_line(space: SearchSpace, overrides: list[str]) -> set[str]:
     """The searched keys that the command line sets (they are fixed for the sweep: the command line wins)."""
     return {key for key, _ in split_overrides(overrides) if key in space.params}
-
-
-def base_tree(space: SearchSpace) -> dict[str, Any]:
-    """The space's ``base`` as a nested mapping (for tests and docs)."""
-    tree: dict[str, Any] = {}
-    for item in space.base_overrides():
-        key, value = item.split("=", 1)
-        set_dotted(tree, key, value)
-    return tree

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,20 +45,58 @@ def trial_overrides(sweep: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return [as_override(key, config[key]) for key in sweep["keys"] if key in config]
 
 
+REPORTS = "dinowm_tune_reports.jsonl"  # every report a trial sent to Tune, in order (beside its Train run)
+DONE = "dinowm_tune_done.json"  # written when the trial has finished: a restarted trial replays, never reruns
+
+
 class ValidationReports(TuneReportCallback):
-    """Tune's report callback, on the reports that carry the sweep's metric (one per epoch, after validation).
+    """Tune's report callback, on the reports that carry the sweep's metric (one per epoch, after validation),
+    each also appended to ``log_file`` so that a restarted trial can replay them (:func:`replay`).
 
     The training loop also reports mid-epoch checkpoints (``training.checkpoint_every_steps``) without
     validation metrics; Tune would reject a result without the metric, and the scheduler counts reports as time.
     """
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str, log_file: str) -> None:
         super().__init__()
-        self.metric = metric
+        self.metric, self.log_file = metric, log_file
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics and self.metric in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+        if not metrics or self.metric not in metrics[0]:
+            return
+        row = {**metrics[0], **({"checkpoint_path": checkpoint.path} if checkpoint else {})}
+        with open(self.log_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def replay(trial_dir: Path) -> bool:
+    """Report again what a trial reported before its sweep was interrupted -> whether it had finished.
+
+    Tune restarts every trial that its last saved experiment state shows unfinished, including one that
+    finished in the seconds before the driver died. Replaying the recorded reports gives Tune (and ASHA) the
+    trial's whole history; a finished trial then returns without training or evaluating again, an unfinished
+    one continues where its Train run stopped.
+    """
+    from ray import tune
+
+    log_file = trial_dir / REPORTS
+    rows = (
+        [json.loads(line) for line in log_file.read_text().splitlines() if line] if log_file.is_file() else []
+    )
+    for row in rows:
+        tune.report(row)
+    if rows:
+        log.info(
+            "trial %s: replayed %d report(s) from before the sweep was interrupted", trial_dir.name, len(rows)
+        )
+    return (trial_dir / DONE).is_file()
+
+
+def _mark_done(trial_dir: Path) -> None:
+    tmp = trial_dir / f".{DONE}.tmp"
+    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    os.replace(tmp, trial_dir / DONE)
 
 
 def _trial_tracker(sweep: dict[str, Any], trial_id: str, name: str, cfg: Config, params: dict[str, Any]):
@@ -73,18 +112,21 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray_jobs.train import build_trainer, worker_spec
 
     trial_id = tune.get_context().get_trial_id()
+    name = train_run_name(sweep["name"], trial_id)
+    trial_dir = Path(sweep["trials_storage"]) / name  # the trial's Train run directory
+    if replay(trial_dir):
+        return
     cfg = apply_overrides(Config.from_json(sweep["config"]), trial_overrides(sweep, config))
     r = RayConfig.model_validate_json(sweep["ray"])
-    name = train_run_name(sweep["name"], trial_id)
     tracker = _trial_tracker(sweep, trial_id, name, cfg, config)
     spec = worker_spec(cfg, r, name, sweep["trials_storage"], tracker)
-    trainer = build_trainer(spec, r, name=name, storage_path=sweep["trials_storage"],
-                            callbacks=[ValidationReports(sweep["metric"])])  # fmt: skip
-    try:
-        trainer.fit()
-    except Exception:
-        tracking.end_trial_run(tracker.uri, tracker.run_id, "failed")
-        raise
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    reports = ValidationReports(sweep["metric"], str(trial_dir / REPORTS))
+    trainer = build_trainer(spec, r, name=name, storage_path=sweep["trials_storage"], callbacks=[reports])
+    # A failure leaves the run open: a trial that the scheduler stops also ends in an exception here, so the
+    # driver, which knows which one it was, closes the run (ray_jobs.tune_finish.collect).
+    trainer.fit()
+    _mark_done(trial_dir)
     tracking.end_trial_run(tracker.uri, tracker.run_id, "completed")
 
 
@@ -118,21 +160,23 @@ def planner_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray_jobs.evaluate import evaluate_on_ray
 
     trial_id = tune.get_context().get_trial_id()
+    out_dir = Path(sweep["sweep_dir"]) / "trials" / trial_id
+    if replay(out_dir):
+        return
     trained = load_config_from_checkpoint(sweep["checkpoint"])
     cfg = plan_config(trained, [*sweep["plan_overrides"], *trial_overrides(sweep, config)])
-    out_dir = Path(sweep["sweep_dir"]) / "trials" / trial_id
     tracker = _trial_tracker(sweep, trial_id, f"{sweep['name']}-{trial_id}", cfg, config)
     start = time.perf_counter()
-    try:
-        result = evaluate_on_ray(sweep["checkpoint"], cfg, planner="local", out_dir=out_dir,
-                                 cpus_per_actor=sweep["cpus_per_actor"])  # fmt: skip
-        metrics = {**planner_metrics(result), "time/trial_s": time.perf_counter() - start}
-        logger = tracking.WorkerLogger(tracker.uri, tracker.run_id)
-        logger.log_metrics(metrics, 0)
-        if (out_dir / "results.json").is_file():
-            logger.log_artifact(out_dir / "results.json")
-    except Exception:
-        tracking.end_trial_run(tracker.uri, tracker.run_id, "failed")
-        raise
+    result = evaluate_on_ray(sweep["checkpoint"], cfg, planner="local", out_dir=out_dir,
+                             cpus_per_actor=sweep["cpus_per_actor"])  # fmt: skip
+    metrics = {**planner_metrics(result), "time/trial_s": time.perf_counter() - start}
+    logger = tracking.WorkerLogger(tracker.uri, tracker.run_id)
+    logger.log_metrics(metrics, 0)
+    if (out_dir / "results.json").is_file():
+        logger.log_artifact(out_dir / "results.json")
+    # Recorded before Tune hears of it: a sweep interrupted from here on replays the evaluation's result.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORTS).write_text(json.dumps(metrics) + "\n")
+    _mark_done(out_dir)
     tracking.end_trial_run(tracker.uri, tracker.run_id, "completed")
     tune.report(metrics)

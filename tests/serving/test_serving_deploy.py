@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.ray.test_ray_train_job_submit import head_cluster  # noqa: F401 - the fixture
+from tests.ray.test_ray_job_submit import head_cluster  # noqa: F401 - the fixture
 from tests.serving.conftest import free_port, obs
 
 pytestmark = [pytest.mark.ray, pytest.mark.serving, pytest.mark.slow]

@@ -1,4 +1,5 @@
-"""`ray job submit` of a tiny training job to a `ray start --head` cluster with token authentication on.
+"""`ray job submit` of a tiny training job and a one-trial sweep to a `ray start --head` cluster with token
+authentication on.
 
 The head gets its own temp dir, free ports and its own token file (``RAY_AUTH_TOKEN_PATH``), so it never touches
 ``~/.ray/auth_token`` or another cluster. It is stopped by PID: ``ray stop`` would kill every Ray process of the user
@@ -8,6 +9,7 @@ The head gets its own temp dir, free ports and its own token file (``RAY_AUTH_TO
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -97,20 +99,41 @@ def test_job_submit_trains_to_completion(head_cluster, wall_dataset, tmp_path):
     args = train_overrides(wall_dataset, out, "training.epochs=2", "ray.num_workers=1")
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
            sys.executable, "-m", "ray_jobs.train", *args]  # fmt: skip
-    # The dashboard answers before the node's job agent registers (slow on a loaded 2-core machine); that
-    # refusal means nothing ran yet, so resubmitting is safe. Polling an external server's readiness.
-    deadline = time.monotonic() + 240
-    while True:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if "No available agent" not in done.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    done = _submit(cmd, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "epoch 2/2 step 8/8" in done.stdout  # workers' progress lines reach the submitting client
     line = next(x for x in done.stdout.splitlines() if '{"run_name"' in x)  # the driver's JSON summary
     outcome = json.loads(line[line.index("{") :])
     assert outcome["metrics"]["step"] == 8
     assert (Path(outcome["checkpoint"]) / "model.safetensors").is_file()
+
+
+def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    # The dashboard answers before the node's job agent registers (slow on a loaded 2-core machine); that
+    # refusal means nothing ran yet, so resubmitting is safe. Polling an external server's readiness.
+    deadline = time.monotonic() + 240
+    while True:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
+
+
+def test_job_submit_runs_a_sweep(head_cluster, wall_dataset, tmp_path):
+    address, env = head_cluster
+    space = tmp_path / "one.yaml"
+    space.write_text(
+        "kind: train\nscheduler: {name: fifo}\nparams:\n  training.predictor_lr: {grid: [1.0e-3]}\n"
+    )
+    args = train_overrides(wall_dataset, tmp_path / "out", "training.epochs=1", "ray.num_workers=1")
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+           sys.executable, "-m", "ray_jobs.tune", str(space), *args, "--json"]  # fmt: skip
+    done = _submit(cmd, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if '{"sweep"' in x)  # the driver's JSON summary
+    outcome = json.loads(line[line.index("{") :])
+    assert outcome["best_trial"] and math.isfinite(outcome["best_metric"])
+    assert (Path(outcome["best_dir"]) / "model.safetensors").is_file()
 
 
 def test_job_submit_without_token_is_refused(head_cluster):
