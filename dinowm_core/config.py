@@ -25,10 +25,11 @@ class ConfigError(ValueError):
     """A config could not be built; the message names the offending key."""
 
 
-def format_errors(e: ValidationError) -> str:
-    """A pydantic validation error as one line per problem, each starting with the dotted key."""
+def format_errors(e: ValidationError | list[dict[str, Any]]) -> str:
+    """A pydantic validation error (or some of its ``errors()``) as one line per problem, each starting with
+    the dotted key."""
     lines = []
-    for err in e.errors():
+    for err in e.errors() if isinstance(e, ValidationError) else e:
         loc = ".".join(str(p) for p in err["loc"]) or "<config>"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

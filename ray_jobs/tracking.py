@@ -11,6 +11,8 @@ commit, env, dataset manifest hash, run name), written to by rank 0 only (:class
 per-epoch metrics, image grids, rollout videos, the final checkpoint directory under ``checkpoint/``) and closed
 by the driver as FINISHED / FAILED / KILLED, registering a model version whose source is that checkpoint.
 An evaluation is one run of its own (:func:`log_evaluation`: protocol params, aggregated metrics, results, videos).
+A sweep (``ray_jobs.tune``) is a run with a child run per trial (:func:`trial_tracker`, :func:`end_trial_run`,
+:func:`log_sweep_results`).
 Reading runs and checkpoints back is ``ray_jobs.runs``.
 
 Open the UI with ``mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db --host 127.0.0.1``.
@@ -268,6 +270,32 @@ def end_trial_run(uri: str, run_id: str, trial_status: str) -> None:
         trial_status, "KILLED"
     )
     client.set_terminated(run_id, status=status)
+
+
+def log_checkpoint(uri: str, run_id: str, checkpoint: Path) -> None:
+    """A checkpoint directory as the run's ``checkpoint`` artifact, unless it has one already."""
+    client = mlflow_client(uri)
+    if not has_checkpoint(client, run_id):
+        client.log_artifacts(run_id, str(checkpoint), CHECKPOINT_ARTIFACT)
+
+
+def log_sweep_results(
+    tracker: RunTracker, files: list[Path], plots: list[Path], metrics: Mapping[str, float],
+    best_dir: Path | None, best_trial: str | None,
+) -> None:  # fmt: skip
+    """What a finished sweep adds to its run: result files, plots (under ``plots/``), summary metrics, and the
+    best trial's checkpoint as the run's ``checkpoint`` (what :meth:`RunTracker.register` registers)."""
+    client, run_id = tracker.client, tracker.run_id
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    for path in plots:
+        client.log_artifact(run_id, str(path), "plots")
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    if best_dir is not None:
+        client.log_artifacts(run_id, str(best_dir), CHECKPOINT_ARTIFACT)
+    if best_trial is not None:
+        client.set_tag(run_id, "dinowm.tune.best_trial", best_trial)
 
 
 def has_checkpoint(client: Any, run_id: str, path: str = CHECKPOINT_ARTIFACT) -> bool:

@@ -299,11 +299,14 @@ def resume_sweep(ref: str, args: list[str] | None = None) -> SweepOutcome:
 
     sweep_dir = _locate_sweep(ref, args or [])
     state = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    if (sweep_dir / "results.json").is_file():  # written once every trial has ended
+        raise PreflightError(f"sweep {state['name']} has finished: its results are in {sweep_dir} (results.json, "
+                             f"best/); start a new sweep to search again")  # fmt: skip
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise PreflightError(f"sweep {sweep_dir}: no Tune experiment state to resume (it stopped before its "
                              f"first trial started); start it again")  # fmt: skip
-    space = load_space(sweep_dir / SPACE_COPY).without(set(load_space(sweep_dir / SPACE_COPY).params) -
-                                                       set(state["keys"]))  # fmt: skip
+    full = load_space(sweep_dir / SPACE_COPY)
+    space = full.without(set(full.params) - set(state["keys"]))  # the keys the command line fixed
     job = JobConfig.model_validate_json(state["job"])
     cfg = Config.model_validate_json(state["config"])
     connect(job.ray)
@@ -359,12 +362,17 @@ def _fit(state: dict[str, Any], space: SearchSpace, tracker: Any, job: JobConfig
         )
     try:
         grid = tuner.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, while Tune saves its state
         tracker.end("KILLED")
         raise SweepInterrupted(state["name"], state["sweep_dir"]) from None
     except BaseException:
         tracker.end("FAILED")
         raise
+    if grid.num_terminated + grid.num_errors < len(grid):
+        # Ctrl-C: Tune stops the running trials, saves the experiment and returns. Their MLflow runs stay
+        # open for --resume, which restarts them.
+        tracker.end("KILLED")
+        raise SweepInterrupted(state["name"], state["sweep_dir"])
     return finish(state, space, grid, tracker, job)
 
 

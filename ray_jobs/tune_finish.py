@@ -99,7 +99,11 @@ def collect(state: dict[str, Any], grid: Any) -> list[TrialRecord]:
         )  # ray_jobs.tune.trial_dirname
         run = runs.get(trial_id)
         status = _trial_status("ERROR" if result.error else "TERMINATED", run)
+        checkpoint = metrics.get("checkpoint_path")
         if run is not None and run.info.status == "RUNNING":
+            # A trial Tune stopped never logged its checkpoint (a finished one did, at its end).
+            if status == STOPPED_EARLY and checkpoint and (Path(checkpoint) / "config.json").is_file():
+                tracking.log_checkpoint(state["tracking_uri"], run.info.run_id, Path(checkpoint))
             tracking.end_trial_run(state["tracking_uri"], run.info.run_id,
                                    {STOPPED_EARLY: "stopped_early", ERROR: "failed"}.get(status, "interrupted"))  # fmt: skip
         value = _number(metrics.get(state["metric"]))
@@ -112,7 +116,7 @@ def collect(state: dict[str, Any], grid: Any) -> list[TrialRecord]:
             iterations=int(metrics.get("training_iteration") or 0),
             history=_history(result, state["metric"]),
             extra={k: v for k in columns if (v := _number(metrics.get(k))) is not None},
-            checkpoint=metrics.get("checkpoint_path"),
+            checkpoint=checkpoint,
             mlflow_run_id=run.info.run_id if run is not None else None,
         ))  # fmt: skip
     return records
@@ -211,25 +215,20 @@ def finish(state: dict[str, Any], space: SearchSpace, grid: Any, tracker: Any, j
             info["cheapest_within_ci"] = {"trial": recommended.to_dict(),
                                           "overrides": [as_override(k, v) for k, v in recommended.params.items()]}  # fmt: skip
         (sweep_dir / "best.json").write_text(json.dumps(info, indent=2))
-    client = tracker.client
-    for path in [sweep_dir / "results.json", sweep_dir / "results.csv", sweep_dir / "best.json"]:
-        if path.is_file():
-            client.log_artifact(tracker.run_id, str(path))
-    for path in plots:
-        client.log_artifact(tracker.run_id, str(path), "plots")
     counts = {s: sum(r.status == s for r in records) for s in (TERMINATED, STOPPED_EARLY, ERROR)}
     summary = {"tune/trials": len(records), "tune/completed": counts[TERMINATED],
                "tune/stopped_early": counts[STOPPED_EARLY], "tune/failed": counts[ERROR]}  # fmt: skip
     if best is not None:
         summary[f"best/{metric}"] = best.metric
-    for key, value in summary.items():
-        client.log_metric(tracker.run_id, key, float(value))
+    files = [
+        p
+        for p in (sweep_dir / "results.json", sweep_dir / "results.csv", sweep_dir / "best.json")
+        if p.is_file()
+    ]
+    tracking.log_sweep_results(tracker, files, plots, summary, best_dir, best.trial_id if best else None)
     version = None
-    if best_dir is not None:
-        client.log_artifacts(tracker.run_id, str(best_dir), tracking.CHECKPOINT_ARTIFACT)
-        client.set_tag(tracker.run_id, "dinowm.tune.best_trial", best.trial_id)
-        if job.mlflow.register_model:
-            version = tracker.register(job.mlflow.register_model)
+    if best_dir is not None and job.mlflow.register_model:
+        version = tracker.register(job.mlflow.register_model)
     tracker.end("FINISHED")
     return SweepOutcome(name=state["name"], sweep_dir=str(sweep_dir), parent_run_id=tracker.run_id, records=records,
                         best=best, best_dir=str(best_dir) if best_dir else None, model_version=version,

@@ -1,10 +1,12 @@
-"""A sweep whose driver is killed (SIGKILL) after two of its three trials finished: ``dinowm tune --resume``
-finishes it without training the finished trials again, with one MLflow run per trial."""
+"""A sweep whose driver is killed (SIGKILL) after two of its three trials finished, then resumed and interrupted
+with Ctrl-C: ``dinowm tune --resume`` finishes it without training the finished trials again, with one MLflow run
+per trial; a finished sweep is not resumed."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -66,8 +68,24 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(wall_dataset, 
     before = {d.name: (d / REPORTS).read_text() for d in done}
     assert len(before) >= 2
 
-    again = subprocess.run([sys.executable, "-m", "ray_jobs.tune", "--resume", "killed", f"output_dir={out}"],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    resume = [sys.executable, "-m", "ray_jobs.tune", "--resume", "killed", f"output_dir={out}"]
+    # Ctrl-C while the resumed sweep trains its last trial: Tune saves its state, the command says how to go on.
+    second = tmp_path / "second.log"
+    with open(second, "w") as f:
+        proc = subprocess.Popen(
+            resume, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    try:
+        _wait_for(second, "dinowm_core.training.loop: training", 1, proc, timeout_s=300)
+        started = procs.descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, second.read_text()[-3000:]
+    finally:
+        proc.kill()
+    assert f"continue it with dinowm tune --resume {sweep_dir}" in second.read_text()
+    assert procs.wait_gone(started, timeout_s=30) == []  # its cluster is shut down
+
+    again = subprocess.run(resume, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     _, _, records = read_results(sweep_dir / "results.json")
     assert len(records) == 3 and all(r.status == TERMINATED and r.metric is not None for r in records)
@@ -76,7 +94,10 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(wall_dataset, 
         run = train_run_name("killed", r.trial_id)
         # Not trained again: its reports are what they were, and no worker of the resumed sweep ran it.
         assert (sweep_dir / "trials" / run / REPORTS).read_text() == before[run]
-        assert f"/{run}/rank0" not in again.stdout + again.stderr
+        assert f"/{run}/rank0" not in second.read_text() + again.stdout + again.stderr
     runs = tracking.trial_runs(state["tracking_uri"], state["parent_run_id"])
     assert set(runs) == {r.trial_id for r in records}  # one run per trial, none opened twice
     assert all(run.info.status == "FINISHED" for run in runs.values())
+
+    over = subprocess.run(resume, capture_output=True, text=True, timeout=120)
+    assert over.returncode == 2 and "has finished" in over.stderr

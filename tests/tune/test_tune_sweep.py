@@ -86,6 +86,7 @@ def test_one_mlflow_run_per_trial_nested_under_the_sweep(train_sweep):
         assert run.data.tags[tracking.TRIAL_STATUS_TAG] == expected
         assert float(run.data.params["training.predictor_lr"]) == record.params["training.predictor_lr"]
         assert "val/loss" in run.data.metrics
+        assert tracking.has_checkpoint(tracking.mlflow_client(state["tracking_uri"]), run.info.run_id)
     client = tracking.mlflow_client(state["tracking_uri"])
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
