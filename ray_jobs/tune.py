@@ -368,12 +368,19 @@ def _fit(state: dict[str, Any], space: SearchSpace, tracker: Any, job: JobConfig
     except BaseException:
         tracker.end("FAILED")
         raise
-    if grid.num_terminated + grid.num_errors < len(grid):
-        # Ctrl-C: Tune stops the running trials, saves the experiment and returns. Their MLflow runs stay
-        # open for --resume, which restarts them.
+    if _unfinished_on_disk(state["sweep_dir"]):
+        # Ctrl-C: Tune saves the experiment (running trials as unfinished), then stops the trials and returns as
+        # if done. What it saved is what --resume continues from; the trials' MLflow runs stay open for it.
         tracker.end("KILLED")
         raise SweepInterrupted(state["name"], state["sweep_dir"])
     return finish(state, space, grid, tracker, job)
+
+
+def _unfinished_on_disk(sweep_dir: str) -> int:
+    """Trials that the saved experiment state shows unfinished (what ``Tuner.restore`` would run again)."""
+    from ray.tune import ExperimentAnalysis
+
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(sweep_dir).trials)
 
 
 def _write_json(path: Path, data: Any) -> None:
