@@ -109,8 +109,60 @@ class EncoderConfig(ConfigModel):
         return self
 
 
+class MemoryConfig(ConfigModel):
+    """A memory predictor's memory (``dinowm_core/models/memory``): what is stored x how a block reads it.
+
+    store: ``none``; retrieval stores ``neural`` (Titans fast-weight MLP), ``lookup`` (bounded bank, top-k);
+    recurrent cells ``ssm`` (diagonal linear SSM), ``selective_ssm`` (Mamba scan), ``mlstm`` (xLSTM matrix
+    memory); ``segment`` (Transformer-XL: the previous frames' keys/values). reader: ``context`` (memory tokens
+    attended to, MAC), ``gate`` (MAG), ``cross_attention``, ``adanorm``, ``mixer`` (a cell as a temporal mixing
+    sublayer in every block), ``none``.
+    """
+
+    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "mlstm", "segment"] = "none"
+    reader: Literal["none", "context", "gate", "cross_attention", "adanorm", "mixer"] = "none"
+    per_layer: bool = Field(False, description="one retrieval store per block (mac_layer_mem_vit)")
+    tokens: int = Field(4, gt=0, description="memory tokens read per frame (lookup: top-k entries)")
+    persistent_tokens: int = Field(0, ge=0, description="learned tokens every frame attends to")
+    additive_actions: bool = Field(False, description="project each frame's action channels into every block")
+    capacity: int = Field(64, gt=0, description="lookup: entries kept per sample (FIFO)")
+    state_dim: int = Field(16, gt=0, description="ssm / selective_ssm: state size per channel")
+    hidden: int | None = Field(None, gt=0, description="neural: fast-weight MLP width (None: 2 x width)")
+    lr: float = Field(0.1, gt=0, description="neural: inner learning rate at init (data-dependent after)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="neural: surprise momentum at init")
+    decay: float = Field(0.01, ge=0, lt=1, description="neural: forgetting (weight decay) at init")
+
+    @property
+    def enabled(self) -> bool:
+        return self.store != "none" or self.persistent_tokens > 0 or self.additive_actions
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryConfig:
+        allowed = {
+            "none": ("none",),
+            "neural": ("context", "gate", "cross_attention", "adanorm"),
+            "lookup": ("context", "cross_attention", "adanorm"),
+            "ssm": ("mixer", "cross_attention"),
+            "selective_ssm": ("mixer", "cross_attention"),
+            "mlstm": ("mixer", "cross_attention"),
+            "segment": ("none",),
+        }[self.store]
+        if self.reader not in allowed:
+            raise ValueError(
+                f"predictor.memory.reader: {self.reader!r} cannot read store {self.store!r} "
+                f"(choices: {', '.join(allowed)})"
+            )
+        if self.per_layer and self.store not in ("neural", "lookup"):
+            raise ValueError(
+                "predictor.memory.per_layer: only retrieval stores (neural, lookup) come per layer"
+            )
+        if self.per_layer and self.reader == "gate":
+            raise ValueError("predictor.memory.per_layer: the gate reads one memory at the output")
+        return self
+
+
 class PredictorConfig(ConfigModel):
-    name: Literal["vit"] = "vit"
+    name: Literal["vit", "mamba"] = Field("vit", description="mamba: no attention (selective scans + mixers)")
     depth: int = Field(6, gt=0)
     heads: int = Field(16, gt=0)
     dim_head: int = Field(64, gt=0)
@@ -120,6 +172,16 @@ class PredictorConfig(ConfigModel):
     # The reference predicts the next latent directly; residual=true predicts input + change, which
     # trains far faster from scratch on small data (documented deviation, off by default).
     residual: bool = False
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PredictorConfig:
+        if self.name == "mamba" and (self.memory.store != "selective_ssm" or self.memory.reader != "mixer"):
+            raise ValueError(
+                "predictor.name=mamba mixes frames with selective scans only: set "
+                "predictor.memory.store=selective_ssm and predictor.memory.reader=mixer"
+            )
+        return self
 
 
 class DecoderConfig(ConfigModel):
@@ -349,6 +411,10 @@ class Config(ConfigModel):
     def _check(self) -> Config:
         if self.img_size % DECODER_SCALE:
             raise ValueError(f"img_size must be a multiple of {DECODER_SCALE}, got {self.img_size}")
+        if self.predictor.memory.additive_actions and self.concat != "channel":
+            raise ValueError(
+                "predictor.memory.additive_actions needs concat=channel (actions are token channels)"
+            )
         if self.num_pred != 1:
             # z_tgt = z[:, num_pred:] must line up with the num_hist predicted frames.
             raise ValueError(f"num_pred: only 1 is supported (as in the reference), got {self.num_pred}")

@@ -83,18 +83,18 @@ def build_world_model(cfg: Config, *, encoder: nn.Module | None = None) -> World
         proprio_emb = action_emb = dim = visual_dim
         num_patches = cfg.num_visual_tokens + 2
     p = cfg.predictor
-    predictor = ViTPredictor(
-        num_patches=num_patches,
-        num_frames=cfg.num_hist,
-        dim=dim,
-        depth=p.depth,
-        heads=p.heads,
-        dim_head=p.dim_head,
-        mlp_dim=p.mlp_dim,
-        dropout=p.dropout,
-        emb_dropout=p.emb_dropout,
-        residual=p.residual,
-    )
+    sizes = {"num_patches": num_patches, "num_frames": cfg.num_hist, "dim": dim, "depth": p.depth, "heads": p.heads,
+             "dim_head": p.dim_head, "mlp_dim": p.mlp_dim, "dropout": p.dropout, "emb_dropout": p.emb_dropout,
+             "residual": p.residual}  # fmt: skip
+    if p.name == "mamba" or p.memory.enabled:
+        from dinowm_core.models.memory.predictor import MemoryPredictor
+
+        # Channel concat puts each frame's action embedding in the last features of its tokens.
+        channels = action_emb * cfg.num_action_repeat if cfg.concat == "channel" else 0
+        predictor: nn.Module = MemoryPredictor(**sizes, memory=p.memory, attention=p.name != "mamba",
+                                               action_channels=channels)  # fmt: skip
+    else:
+        predictor = ViTPredictor(**sizes)
     return WorldModel(
         cfg,
         encoder=encoder,

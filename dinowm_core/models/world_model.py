@@ -158,6 +158,28 @@ class WorldModel(nn.Module):
         out = self.predictor(rearrange(z, "b t p d -> b (t p) d"))
         return rearrange(out, "b (t p) d -> b t p d", t=t)
 
+    @property
+    def has_memory(self) -> bool:
+        """Whether the predictor carries a memory across windows (``predictor.memory``)."""
+        return hasattr(self.predictor, "forward_memory")
+
+    def init_memory(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """An empty memory for ``batch_size`` samples (``{}`` for a memory-free predictor)."""
+        return self.predictor.init_state(batch_size, device=device) if self.has_memory else {}
+
+    def predict_memory(
+        self, z: torch.Tensor, memory: dict[str, torch.Tensor] | None, commit: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z (B, T, P', D) window, ``memory`` of the frames before it -> (next-frame predictions (B, T, P', D), the
+        memory after writing z's first ``commit`` frames). Memory-free predictors: ``predict`` and ``{}``."""
+        if not self.has_memory:
+            return self.predict(z), {}
+        t = z.shape[1]
+        out, memory = self.predictor.forward_memory(rearrange(z, "b t p d -> b (t p) d"), memory, commit)
+        return rearrange(out, "b (t p) d -> b t p d", t=t), memory
+
     @torch.no_grad()
     def _no_grad_decode(self, z_visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode_visual(z_visual)
@@ -187,22 +209,18 @@ class WorldModel(nn.Module):
         affects the loss; the training loop computes them at validation only).
         """
         z = self.encode(obs, act)
-        z_src, z_tgt = z[:, : self.num_hist], z[:, self.num_pred :].detach()
         metrics: dict[str, torch.Tensor] = {}
         loss = z.new_zeros(())
-        if self.predictor is not None:
-            z_pred = self.predict(z_src)
-            keep = slice(None, -self.action_dim) if self.concat == "channel" else slice(None)
-            if self.concat == "channel":
-                z_loss = F.mse_loss(z_pred[..., keep], z_tgt[..., keep])
-                vis = slice(None, self.visual_dim)
-                prop = slice(self.visual_dim, self.visual_dim + self.proprio_dim)
-                metrics["z_visual_loss"] = F.mse_loss(z_pred[..., vis], z_tgt[..., vis]).detach()
-                metrics["z_proprio_loss"] = F.mse_loss(z_pred[..., prop], z_tgt[..., prop]).detach()
-            else:
-                z_loss = F.mse_loss(z_pred[:, :, :-1], z_tgt[:, :, :-1])
-                metrics["z_visual_loss"] = F.mse_loss(z_pred[:, :, :-2], z_tgt[:, :, :-2]).detach()
-                metrics["z_proprio_loss"] = F.mse_loss(z_pred[:, :, -2], z_tgt[:, :, -2]).detach()
+        window = self.num_hist + self.num_pred
+        if self.predictor is not None and z.shape[1] > window:
+            # A long trajectory: consecutive windows, the memory carried across them (sequence training).
+            z_loss = self._sequence_loss(z, metrics)
+            metrics["z_loss"] = z_loss.detach()
+            loss = loss + z_loss
+        elif self.predictor is not None:
+            z_tgt = z[:, self.num_pred :].detach()
+            z_pred = self.predict(z[:, : self.num_hist])
+            z_loss = self._z_loss(z_pred, z_tgt, metrics)
             metrics["z_loss"] = z_loss.detach()
             loss = loss + z_loss
             if self.decoder is not None and decode_pred:
@@ -225,14 +243,63 @@ class WorldModel(nn.Module):
         metrics["loss"] = loss.detach()
         return loss, metrics
 
+    def _z_loss(
+        self, z_pred: torch.Tensor, z_tgt: torch.Tensor, metrics: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The predictor's latent MSE (action channels excluded), its visual / proprio parts into ``metrics``."""
+        if self.concat == "channel":
+            vis = slice(None, self.visual_dim)
+            prop = slice(self.visual_dim, self.visual_dim + self.proprio_dim)
+            metrics["z_visual_loss"] = F.mse_loss(z_pred[..., vis], z_tgt[..., vis]).detach()
+            metrics["z_proprio_loss"] = F.mse_loss(z_pred[..., prop], z_tgt[..., prop]).detach()
+            return F.mse_loss(z_pred[..., : -self.action_dim], z_tgt[..., : -self.action_dim])
+        metrics["z_visual_loss"] = F.mse_loss(z_pred[:, :, :-2], z_tgt[:, :, :-2]).detach()
+        metrics["z_proprio_loss"] = F.mse_loss(z_pred[:, :, -2], z_tgt[:, :, -2]).detach()
+        return F.mse_loss(z_pred[:, :, :-1], z_tgt[:, :, :-1])
+
+    def _sequence_loss(self, z: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """z (B, L, P', D), L > num_hist + num_pred: the mean latent loss of the windows starting every
+        ``training.window_stride`` frames. The memory starts empty for each trajectory, each window writes the
+        frames that leave it before the next one (its first ``stride``), and the memory is detached every
+        ``training.tbptt_windows`` windows (truncated backprop through time)."""
+        t = self.cfg.training
+        stride, tbptt = t.window_stride, t.tbptt_windows
+        window = self.num_hist + self.num_pred
+        starts = range(0, z.shape[1] - window + 1, stride)
+        memory = self.init_memory(z.shape[0], device=z.device)
+        total, parts = z.new_zeros(()), {}
+        for i, s in enumerate(starts):
+            if tbptt and i and i % tbptt == 0:
+                memory = {k: v.detach() for k, v in memory.items()}
+            z_pred, memory = self.predict_memory(z[:, s : s + self.num_hist], memory, commit=stride)
+            window_metrics: dict[str, torch.Tensor] = {}
+            total = total + self._z_loss(
+                z_pred, z[:, s + self.num_pred : s + window].detach(), window_metrics
+            )
+            for k, v in window_metrics.items():
+                parts[k] = parts.get(k, 0.0) + v
+        metrics.update({k: v / len(starts) for k, v in parts.items()})
+        metrics["windows"] = torch.tensor(float(len(starts)))
+        return total / len(starts)
+
     # ---- open-loop rollout ----------------------------------------------------------------------
-    def rollout(self, obs0: Obs, act: torch.Tensor, *, z_obs0: Obs | None = None) -> tuple[Obs, torch.Tensor]:
+    def rollout(
+        self,
+        obs0: Obs,
+        act: torch.Tensor,
+        *,
+        z_obs0: Obs | None = None,
+        memory: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[Obs, torch.Tensor]:
         """Imagine the future: n context frames + N >= n actions -> N + 1 frames.
 
         obs0 (B, n, ...), act (B, N, f*d) -> (z_obs {"visual": (B, N+1, P, Dv), "proprio": (B, N+1, Dp)},
         z (B, N+1, P', D)). The first n actions belong to the context frames; each predicted frame gets its
         action slot overwritten with the next action; the context is the last <= num_hist frames.
-        ``z_obs0`` skips re-encoding when the caller already encoded obs0 (planning).
+        ``z_obs0`` skips re-encoding when the caller already encoded obs0 (planning). ``memory``: a memory
+        predictor's memory of the frames before the context (it may hold fewer rows than B: each row is read by
+        ``B / rows`` consecutive samples); every step reads it and none writes it (imagined frames are never
+        remembered).
         """
         if z_obs0 is None:
             z_obs0 = self.encode_obs(obs0)
@@ -242,9 +309,15 @@ class WorldModel(nn.Module):
                 f"rollout needs at least {n} actions (one per context frame), got {act.shape[1]}"
             )
         z = self.combine(z_obs0, self.encode_act(act[:, :n]))
+
+        def step(window: torch.Tensor) -> torch.Tensor:
+            if memory is None or not self.has_memory:
+                return self.predict(window)[:, -1:]
+            return self.predict_memory(window, memory, commit=0)[0][:, -1:]
+
         for t in range(n, act.shape[1]):
-            z_next = self.predict(z[:, -self.num_hist :])[:, -1:]
+            z_next = step(z[:, -self.num_hist :])
             z = torch.cat([z, self.replace_actions(z_next, act[:, t : t + 1])], dim=1)
-        z = torch.cat([z, self.predict(z[:, -self.num_hist :])[:, -1:]], dim=1)
+        z = torch.cat([z, step(z[:, -self.num_hist :])], dim=1)
         z_obs, _ = self.separate(z)
         return z_obs, z

@@ -200,9 +200,11 @@ class Planner:
         if state.batch_size != b:
             raise ValueError(f"the plan state holds {state.batch_size} episodes but got a batch of {b}")
         state = state.to(z_obs["visual"].device)  # e.g. a state restored from bytes, planned on a GPU
+        memory = self._memory(state, b, z_obs["visual"].device)
+        context = state.context_actions(z_obs["visual"].shape[1])
         problem = PlanProblem(
             self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
-            context_actions=state.context_actions(z_obs["visual"].shape[1]), bounds=self.bounds,
+            context_actions=context, bounds=self.bounds, memory=memory or None,
             chunk_size=self.cfg.cem.chunk_size if self.kind == "cem" else None, action_dim=self.action_dim,
         )  # fmt: skip
         gens = state.generators()
@@ -218,11 +220,41 @@ class Planner:
             )
         result.execute = result.actions[:, : self.n_execute]
         tail = result.actions[:, self.n_execute :]
+        if memory:
+            memory = self._remember(memory, z_obs, context, result.execute)
         return result, PlanState(
             rng=torch.stack([g.get_state() for g in gens]), rng_device=state.rng_device,
             warm_start=tail.detach().clone() if self.closed_loop and tail.shape[1] > 0 else None,
-            past_actions=self._past(state.past_actions, result.execute), step=state.step + 1, memory=state.memory,
+            past_actions=self._past(state.past_actions, result.execute), step=state.step + 1, memory=memory,
         )  # fmt: skip
+
+    def _memory(self, state: PlanState, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The episodes' memory (a fresh one on the first call of a memory predictor; ``{}`` without one)."""
+        has = getattr(self.wm, "has_memory", False)
+        if not has:
+            return {}
+        return dict(state.memory) if state.memory else self.wm.init_memory(batch, device=device)
+
+    @torch.no_grad()
+    def _remember(self, memory: dict[str, torch.Tensor], z_obs: Obs, context: torch.Tensor | None,
+                  execute: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Write the real context frames that executing ``execute`` pushes out of the next call's context.
+
+        The next call's context is the last ``num_hist`` real frames (what the evaluation loop and the service
+        pass), ``n_execute`` frames later: of this call's ``n`` frames, the first ``n + n_execute - num_hist``
+        leave it (all of them once ``n_execute >= num_hist``; frames observed in between are never given to the
+        planner, so they are not remembered). Each is written once, with the action executed from it.
+        """
+        n, k = z_obs["visual"].shape[1], execute.shape[1]
+        leaving = min(n, max(0, n + k - self.wm.num_hist))
+        if leaving == 0:
+            return memory
+        actions = (
+            execute[:, :1] if context is None else torch.cat([context.to(execute), execute[:, :1]], dim=1)
+        )
+        tokens = self.wm.combine(z_obs, self.wm.encode_act(actions))  # (B, n, P', D): the frames as trained
+        _, memory = self.wm.predict_memory(tokens, memory, commit=leaving)
+        return memory
 
     def _past(self, past: torch.Tensor | None, executed: torch.Tensor) -> torch.Tensor | None:
         if self.num_past == 0:

@@ -18,8 +18,8 @@ from dinowm_core.config import ObjectiveConfig
 from dinowm_core.planning.common import ActionBounds, Obs
 from dinowm_core.planning.objectives import objective
 
-#: (z_obs0 (B, n, ...), act (B, N, A)) -> (z_obs (B, N+1, ...), z): a planning rollout
-RolloutFn = Callable[[Obs, torch.Tensor], tuple[Obs, torch.Tensor]]
+#: (z_obs0 (B, n, ...), act (B, N, A)[, memory]) -> (z_obs (B, N+1, ...), z): a planning rollout
+RolloutFn = Callable[..., tuple[Obs, torch.Tensor]]
 
 
 def model_action_dim(wm: Any) -> int | None:
@@ -32,6 +32,19 @@ def _gather(z: Obs, index: torch.Tensor) -> Obs:
     if z["visual"].shape[0] == 1:
         return {k: v.expand(len(index), *v.shape[1:]) for k, v in z.items()}
     return {k: v.index_select(0, index) for k, v in z.items()}
+
+
+def _memory_rows(memory: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The memory for candidate rows ``index`` (episode per row). When the rows are whole consecutive groups of
+    equal size (CEM: N samples per episode, in episode order), one row per episode and the predictor reads it
+    for each of its group without a copy; otherwise each row's episode memory is gathered."""
+    counts = torch.bincount(index)
+    groups = torch.unique_consecutive(index)
+    n = int(counts[groups[0]]) if len(groups) else 0
+    whole = len(groups) * n == len(index) and bool((counts[groups] == n).all())
+    if whole and bool((index.view(len(groups), n) == groups[:, None]).all()):
+        return {k: v.index_select(0, groups) for k, v in memory.items()}
+    return {k: v.index_select(0, index) for k, v in memory.items()}
 
 
 @dataclass
@@ -53,6 +66,8 @@ class PlanProblem:
     bounds: ActionBounds | None = None
     chunk_size: int | None = None
     action_dim: int | None = None
+    #: a memory predictor's memory of each episode (rows = episodes), read by every candidate, never written
+    memory: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         """Validate with messages a caller can act on; fills in ``action_dim``."""
@@ -131,7 +146,10 @@ class PlanProblem:
             act = actions[start : start + chunk]
             if self.context_actions is not None:
                 act = torch.cat([self.context_actions.index_select(0, idx).to(act), act], dim=1)
-            z_pred, _ = self.rollout(_gather(self.z_obs, idx), act)
+            if self.memory:
+                z_pred, _ = self.rollout(_gather(self.z_obs, idx), act, _memory_rows(self.memory, idx))
+            else:
+                z_pred, _ = self.rollout(_gather(self.z_obs, idx), act)
             if self.context_actions is not None:  # score from the current frame on (H + 1 frames)
                 n_past = self.context_actions.shape[1]
                 z_pred = {k: v[:, n_past:] for k, v in z_pred.items()}

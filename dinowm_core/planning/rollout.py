@@ -124,14 +124,20 @@ class Rollout:
             self._aligned = pred.width_aligned()
         return self._aligned, self._aligned.dim - pred.dim
 
-    def __call__(self, z_obs0: Obs, act: torch.Tensor) -> tuple[Obs, torch.Tensor]:
+    def __call__(
+        self, z_obs0: Obs, act: torch.Tensor, memory: dict[str, torch.Tensor] | None = None
+    ) -> tuple[Obs, torch.Tensor]:
         """z_obs0 {"visual": (B, n, P, Dv), "proprio": (B, n, Dp)}, act (B, N, f*d), N >= n ->
         (z_obs {"visual": (B, N+1, P, Dv), "proprio": (B, N+1, Dp)}, z (B, N+1, P', D)).
+        ``memory``: a memory predictor's memory of the frames before the context, read and never written.
         """
         wm = self.wm
         if not _can_fast(wm):
             with autocast_context(act.device, self.amp):
-                z_obs, z = wm.rollout(None, act, z_obs0=z_obs0)
+                extra = (
+                    {"memory": memory} if memory else {}
+                )  # world models without memory take no such argument
+                z_obs, z = wm.rollout(None, act, z_obs0=z_obs0, **extra)
             dtype = z_obs0["visual"].dtype
             return {k: v.to(dtype) for k, v in z_obs.items()}, z.to(dtype)
         pred, extra = self._predictor(act)
