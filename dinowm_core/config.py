@@ -125,7 +125,9 @@ class MemoryConfig(ConfigModel):
     tokens: int = Field(4, gt=0, description="memory tokens read per frame (lookup: top-k entries)")
     persistent_tokens: int = Field(0, ge=0, description="learned tokens every frame attends to")
     additive_actions: bool = Field(False, description="project each frame's action channels into every block")
-    capacity: int = Field(64, gt=0, description="lookup: entries kept per sample (FIFO)")
+    capacity: int = Field(
+        64, gt=0, description="lookup: entries kept per sample (FIFO); segment: frames of keys/values kept"
+    )
     state_dim: int = Field(16, gt=0, description="ssm / selective_ssm: state size per channel")
     hidden: int | None = Field(None, gt=0, description="neural: fast-weight MLP width (None: 2 x width)")
     lr: float = Field(0.1, gt=0, description="neural: inner learning rate at init (data-dependent after)")
@@ -208,6 +210,12 @@ class DataConfig(ConfigModel):
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     feature_cache: bool = Field(False, description="train from cached encoder features")
     allow_resize: bool = Field(False, description="resize stored frames to img_size when they differ")
+    sequence_length: int | None = Field(
+        None,
+        gt=0,
+        description="frames per training sample: a long trajectory cut into consecutive windows with the memory "
+        "carried across them (memory predictors); None = one window of num_hist + num_pred frames",
+    )
 
 
 class TrainingConfig(ConfigModel):
@@ -229,6 +237,12 @@ class TrainingConfig(ConfigModel):
     # Max global grad norm over all trainable params (None = off, as the reference); 0.5 is a good value.
     grad_clip: float | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
+    window_stride: int = Field(
+        1, gt=0, description="with data.sequence_length: frames between windows (written to memory per window)"
+    )
+    tbptt_windows: int | None = Field(
+        None, gt=0, description="with data.sequence_length: windows between memory detaches (None: never)"
+    )
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, off on CPU"
     )
@@ -415,6 +429,13 @@ class Config(ConfigModel):
             raise ValueError(
                 "predictor.memory.additive_actions needs concat=channel (actions are token channels)"
             )
+        if self.data.sequence_length is not None:
+            if self.data.sequence_length < self.num_window_frames:
+                raise ValueError(f"data.sequence_length ({self.data.sequence_length}) must hold one window of "
+                                 f"num_hist + num_pred = {self.num_window_frames} frames")  # fmt: skip
+            if self.training.window_stride > self.num_hist:
+                raise ValueError(f"training.window_stride ({self.training.window_stride}) must not exceed num_hist "
+                                 f"({self.num_hist}): a frame would leave the window unseen by memory")  # fmt: skip
         if self.num_pred != 1:
             # z_tgt = z[:, num_pred:] must line up with the num_hist predicted frames.
             raise ValueError(f"num_pred: only 1 is supported (as in the reference), got {self.num_pred}")
@@ -444,6 +465,11 @@ class Config(ConfigModel):
     @property
     def num_window_frames(self) -> int:
         return self.num_hist + self.num_pred
+
+    @property
+    def num_sample_frames(self) -> int:
+        """Frames per training sample: ``data.sequence_length`` or one window."""
+        return self.data.sequence_length or self.num_window_frames
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

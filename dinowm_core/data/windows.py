@@ -169,8 +169,9 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def window_steps(cfg: Config) -> int:
-    """Raw steps one training window spans: ``(num_hist + num_pred) * frameskip``."""
-    return cfg.num_window_frames * cfg.frameskip
+    """Raw steps one training sample spans: ``(num_hist + num_pred) * frameskip`` (or ``data.sequence_length``
+    frames)."""
+    return cfg.num_sample_frames * cfg.frameskip
 
 
 def window_requirement(cfg: Config) -> str:
@@ -271,7 +272,7 @@ def build_datasets(
     train, val = split_for(store.num_episodes, store.manifest.get("splits"), cfg)
     norm = Normalizer.from_manifest(store.manifest, enabled=cfg.data.normalize_action)
     kw = {"normalizer": norm, "img_size": cfg.img_size}
-    win = {"num_frames": cfg.num_window_frames, "frameskip": cfg.frameskip}
+    win = {"num_frames": cfg.num_sample_frames, "frameskip": cfg.frameskip}
     return (
         WindowDataset(store, train, **win, **kw),
         WindowDataset(store, val, **win, **kw),

@@ -129,7 +129,10 @@ def train_step(model, optimizers, schedulers, obs, act, cfg: Config, device, amp
 
 @torch.no_grad()
 def _image_batch(wm: WorldModel, obs: dict, act: torch.Tensor) -> tuple[dict[str, float], dict]:
-    """Decoded reconstructions / predictions of one batch: image metrics and the grid's tensors."""
+    """Decoded reconstructions / predictions of one batch: image metrics and the grid's tensors (of the first
+    window when the samples are long sequences)."""
+    window = wm.num_hist + wm.num_pred
+    obs, act = {k: v[:, :window] for k, v in obs.items()}, act[:, :window]
     z = wm.encode(obs, act)
     recon, _ = wm.decode_visual(wm.separate(z)[0]["visual"])
     pred, _ = wm.decode_visual(wm.separate(wm.predict(z[:, : wm.num_hist]))[0]["visual"])

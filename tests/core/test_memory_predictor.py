@@ -92,6 +92,9 @@ def test_samples_never_touch_each_other(preset):
 @pytest.mark.parametrize("preset", STORES)
 def test_memory_reaches_the_window_and_reads_do_not_write(preset):
     pred = _predictor(preset)
+    with torch.no_grad():  # as after training: the zero-initialised memory paths (gates, adaptive norms) open
+        for param in pred.parameters():
+            param.add_(0.05 * torch.randn_like(param))
     past, window = _frames(pred, seed=2), _frames(pred, t=pred.num_frames, seed=3).reshape(2, -1, pred.dim)
     _, state = _run(pred, past)
     before = {k: v.clone() for k, v in state.items()}

@@ -172,7 +172,7 @@ class MemoryPredictor(nn.Module):
         self.gate = MemoryGate(dim) if m.reader == "gate" else None
         self.persistent = PersistentTokens(dim, m.persistent_tokens) if m.persistent_tokens else None
         self.additive = AdditiveActions(dim, action_channels, depth) if m.additive_actions else None
-        self.segment_frames = num_frames if m.store == "segment" else 0
+        self.segment_frames = m.capacity if m.store == "segment" else 0
         self._heads, self._dim_head = heads, dim_head
 
     # ---- memory state ------------------------------------------------------------------------------------------
