@@ -238,7 +238,9 @@ class TrainingConfig(ConfigModel):
     grad_clip: float | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
     window_stride: int = Field(
-        1, gt=0, description="with data.sequence_length: frames between windows (written to memory per window)"
+        1,
+        gt=0,
+        description="with data.sequence_length: frames between windows (written to memory per window)",
     )
     tbptt_windows: int | None = Field(
         None, gt=0, description="with data.sequence_length: windows between memory detaches (None: never)"
