@@ -271,8 +271,9 @@ class MemoryPredictor(nn.Module):
                     self.segment_frames
                 ):  # Transformer-XL: keep the keys/values of the frames leaving the window
                     keep = self.segment_frames * p
-                    new[f"seg{i}.k"] = torch.cat([past[0], k[:, :, : commit * p].detach()], 2)[:, :, -keep:]
-                    new[f"seg{i}.v"] = torch.cat([past[1], v[:, :, : commit * p].detach()], 2)[:, :, -keep:]
+                    # Not detached here: the sequence loss detaches every state every training.tbptt_windows.
+                    new[f"seg{i}.k"] = torch.cat([past[0], k[:, :, : commit * p]], 2)[:, :, -keep:]
+                    new[f"seg{i}.v"] = torch.cat([past[1], v[:, :, : commit * p]], 2)[:, :, -keep:]
             if block.cross is not None and cross_mem is not None:
                 h = h + block.cross(h.reshape(b * t, p, -1), cross_mem).reshape(b, n, -1)
             if isinstance(block.ff_norm, AdaNorm):
