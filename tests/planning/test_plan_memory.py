@@ -3,11 +3,13 @@ frames that leave the context, once each; the memory rides in the plan state (an
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dinowm_core import load_config
 from dinowm_core.models.build import build_world_model
 from dinowm_core.planning.planner import PlanState, make_planner
+from dinowm_core.presets import list_presets
 from tests.conftest import TINY
 
 SMALL = ["predictor.depth=2", "predictor.heads=2", "predictor.dim_head=8", "predictor.mlp_dim=32",
@@ -95,3 +97,14 @@ def test_a_memory_predictor_plans_like_the_plain_call_before_anything_is_remembe
         plain = wm.rollout(None, act, z_obs0=z0)[1]
         empty = wm.rollout(None, act, z_obs0=z0, memory=wm.init_memory(1))[1]
     torch.testing.assert_close(empty, plain, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets("predictor") if p not in ("vit", "vit_small")])
+def test_every_memory_preset_plans_and_remembers(preset):
+    wm, planner, z_obs, z_goal, past = _setup(preset)
+    state = planner.init_state(2, seeds=[0, 1], past_actions=past)
+    with torch.no_grad():
+        result, state = planner.plan(z_obs, z_goal, state)
+        result2, _ = planner.plan(z_obs, z_goal, state)
+    assert result.execute.shape == (2, 1, wm.action_encoder.in_dim) and torch.isfinite(result2.actions).all()
+    assert set(state.memory) == set(wm.init_memory(2))  # the predictor's whole memory, carried
