@@ -240,13 +240,14 @@ class Planner:
                   execute: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
         """Write the real context frames that executing ``execute`` pushes out of the next call's context.
 
-        The next call's context is the last ``num_hist`` real frames (what the evaluation loop and the service
-        pass), ``n_execute`` frames later: of this call's ``n`` frames, the first ``n + n_execute - num_hist``
-        leave it (all of them once ``n_execute >= num_hist``; frames observed in between are never given to the
-        planner, so they are not remembered). Each is written once, with the action executed from it.
+        The next call is taken to pass as many context frames as this one, ``n_execute`` frames later (the
+        evaluation loop and the service pass the current frame alone: every observed frame is then written once,
+        right after it was planned from). So the first ``min(n, n_execute)`` frames of this call's ``n`` leave
+        the window; frames the caller never passes are never remembered. Each is written once, with the action
+        executed from it.
         """
         n, k = z_obs["visual"].shape[1], execute.shape[1]
-        leaving = min(n, max(0, n + k - self.wm.num_hist))
+        leaving = min(n, k)
         if leaving == 0:
             return memory
         actions = (

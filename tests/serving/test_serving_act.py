@@ -129,3 +129,14 @@ def test_expired_sessions_are_404_and_the_bound_is_429(wm):
     (out,) = act(service, [(sid, 1)])
     assert (out.status, out.field) == (404, "session_id")
     session(service, 101, 3)  # the expired one no longer counts
+
+
+def test_a_memory_predictor_session_remembers_each_observed_frame_once():
+    service = PlanningService(serving_wm("predictor=lookup_mem_vit", "predictor.depth=2", "predictor.heads=2",
+                                         "predictor.dim_head=8", "predictor.mlp_dim=32"), source="memory")  # fmt: skip
+    sid = session(service, 100, 3)
+    for step in (1, 2, 3):
+        (answer,) = act(service, [(sid, step)])
+        assert not isinstance(answer, RequestError), answer
+        state = PlanState.from_bytes(service.sessions.get(sid).state)
+        assert state.memory["store0.count"].tolist() == [step]  # the frame it planned from, written once

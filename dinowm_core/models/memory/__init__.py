@@ -3,7 +3,7 @@ predictor that composes them (``predictor.memory.*``; presets in ``conf/predicto
 
 - ``base``: the contract (explicit per-sample state; retrieval stores and recurrent cells; the write rule);
 - ``neural`` (NeuralMemory, Titans), ``lookup`` (LookupMemory), ``ssm`` (SSMMemory, SelectiveSSM),
-  ``mlstm`` (mLSTMMemory); Transformer-XL's segment cache lives in the predictor's attention;
+  ``mlstm`` (mLSTMMemory), ``segment`` (SegmentCache: Transformer-XL's keys/values, read by attention);
 - ``readers``: context tokens (MAC), gate (MAG), cross-attention, adaptive norm, persistent tokens, additive actions;
 - ``predictor``: MemoryPredictor.
 """

@@ -35,6 +35,7 @@ from dinowm_core.models.memory.readers import (
     MemoryGate,
     PersistentTokens,
 )
+from dinowm_core.models.memory.segment import SegmentCache
 from dinowm_core.models.predictor import Attention
 
 RETRIEVAL = ("neural", "lookup")
@@ -172,8 +173,9 @@ class MemoryPredictor(nn.Module):
         self.gate = MemoryGate(dim) if m.reader == "gate" else None
         self.persistent = PersistentTokens(dim, m.persistent_tokens) if m.persistent_tokens else None
         self.additive = AdditiveActions(dim, action_channels, depth) if m.additive_actions else None
-        self.segment_frames = m.capacity if m.store == "segment" else 0
-        self._heads, self._dim_head = heads, dim_head
+        self.segment = (
+            SegmentCache(depth, heads, dim_head, m.capacity, num_patches) if m.store == "segment" else None
+        )
 
     # ---- memory state ------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None) -> State:
@@ -191,10 +193,8 @@ class MemoryPredictor(nn.Module):
             state |= {
                 f"cross.{k}": v for k, v in self.cross_cell.init_state(batch_size, device=device).items()
             }
-        if self.segment_frames:
-            empty = torch.zeros(batch_size, self._heads, 0, self._dim_head, device=device)
-            for i in range(self.depth):
-                state |= {f"seg{i}.k": empty, f"seg{i}.v": empty.clone()}
+        if self.segment is not None:
+            state |= self.segment.init_state(batch_size, device=device)
         return state
 
     @staticmethod
@@ -264,16 +264,11 @@ class MemoryPredictor(nn.Module):
             if block.token_mix is not None:
                 h = h + block.token_mix(h.view(b, t, p, -1)).reshape(b, n, -1)
             if block.attn is not None:
-                past = (state[f"seg{i}.k"], state[f"seg{i}.v"]) if self.segment_frames else None
+                past = self.segment.past(state, i) if self.segment is not None else None
                 out, k, v = block.attend(h, q_frame, blk_extra, blk_frame, past)
                 h = h + out
-                if (
-                    self.segment_frames
-                ):  # Transformer-XL: keep the keys/values of the frames leaving the window
-                    keep = self.segment_frames * p
-                    # Not detached here: the sequence loss detaches every state every training.tbptt_windows.
-                    new[f"seg{i}.k"] = torch.cat([past[0], k[:, :, : commit * p]], 2)[:, :, -keep:]
-                    new[f"seg{i}.v"] = torch.cat([past[1], v[:, :, : commit * p]], 2)[:, :, -keep:]
+                if self.segment is not None:  # Transformer-XL: the keys/values of the frames that leave
+                    new |= self.segment.extend(state, i, k, v, commit)
             if block.cross is not None and cross_mem is not None:
                 h = h + block.cross(h.reshape(b * t, p, -1), cross_mem).reshape(b, n, -1)
             if isinstance(block.ff_norm, AdaNorm):
