@@ -8,6 +8,7 @@ from train_helpers import RecordingHooks
 
 from dinowm_core import load_config
 from dinowm_core.models.build import build_world_model
+from dinowm_core.presets import list_presets
 from dinowm_core.training.loop import fit
 
 SMALL = ["predictor.depth=2", "predictor.heads=2", "predictor.dim_head=8", "predictor.mlp_dim=32", "predictor.dropout=0.0",
@@ -80,3 +81,16 @@ def test_fit_trains_a_memory_predictor_on_sequences(train_overrides, tmp_path):
     first = hooks.logged[0][1]["val/loss"]
     assert result.metrics["val/loss"] < first  # it learns, through windows that share a memory
     assert result.metrics["train/windows"] == 3  # 6 frames: windows at 0, 1, 2
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets("predictor") if p != "vit_small"])
+def test_every_parameter_learns_from_a_sequence(tiny_overrides, preset):
+    """DDP (Ray Train with several workers) stalls on a parameter that gets no gradient."""
+    cfg = load_config([*tiny_overrides, f"predictor={preset}", *SMALL, "data.sequence_length=8",
+                       "training.window_stride=2"])  # fmt: skip
+    torch.manual_seed(0)
+    wm = build_world_model(cfg).train()
+    obs, act = _batch(cfg, 8)
+    loss, _ = wm.loss(obs, act, decode_pred=False)
+    loss.backward()
+    assert [n for n, p in wm.predictor.named_parameters() if p.requires_grad and p.grad is None] == []

@@ -168,7 +168,7 @@ class MemoryPredictor(nn.Module):
         n_stores = (depth if m.per_layer else 1) if m.store in RETRIEVAL else 0
         self.stores = nn.ModuleList(build_store(m, dim, num_patches) for _ in range(n_stores))
         self.cross_cell = build_store(m, dim, num_patches) if m.store in RECURRENT and not mixer else None
-        self.context = (nn.ModuleList(ContextTokens(dim, m.tokens) for _ in range(n_stores))
+        self.context = (nn.ModuleList(ContextTokens(dim, m.tokens, as_tokens=m.reader == "context") for _ in range(n_stores))
                         if m.reader in ("context", "cross_attention", "adanorm") and n_stores else None)  # fmt: skip
         self.gate = MemoryGate(dim) if m.reader == "gate" else None
         self.persistent = PersistentTokens(dim, m.persistent_tokens) if m.persistent_tokens else None

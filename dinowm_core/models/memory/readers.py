@@ -26,10 +26,12 @@ from torch import nn
 class ContextTokens(nn.Module):
     """``M`` learned queries per frame, shifted by the frame's mean token, read from a retrieval store."""
 
-    def __init__(self, dim: int, num_tokens: int) -> None:
+    def __init__(self, dim: int, num_tokens: int, *, as_tokens: bool = True) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
-        self.type_embedding = nn.Parameter(torch.zeros(1, 1, dim))  # marks memory tokens apart from frames
+        # Marks memory tokens apart from frames; only reads that become tokens have one (an unused parameter
+        # would stall DDP's gradient reduction).
+        self.type_embedding = nn.Parameter(torch.zeros(1, 1, dim)) if as_tokens else None
 
     def queries_for(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, T, P, D) -> queries (B*T, M, D): one set per frame, from that frame only."""
@@ -39,7 +41,8 @@ class ContextTokens(nn.Module):
 
     def tokens(self, reads: torch.Tensor, batch: int) -> torch.Tensor:
         """reads (B*T, M', D) -> tokens (B, T*M', D), frame-major, marked as memory."""
-        return rearrange(reads, "(b t) m d -> b (t m) d", b=batch) + self.type_embedding
+        tokens = rearrange(reads, "(b t) m d -> b (t m) d", b=batch)
+        return tokens if self.type_embedding is None else tokens + self.type_embedding
 
 
 class MemoryGate(nn.Module):
