@@ -131,3 +131,19 @@ def test_the_registered_version_is_served_by_its_models_uri(trained, tmp_path):
                                           "planner": {"num_samples": 8, "topk": 2, "opt_steps": 1}})  # fmt: skip
     (response,) = service.plan([request])
     assert len(response.actions) > 0 and len(response.actions[0]) == 2
+
+
+def test_a_memory_predictor_trains_on_sequences_with_two_ddp_workers(ray_cluster, wall_dataset, tmp_path):
+    """Each sample's memory is its own under DDP: sequences of 5 frames, two windows each, 2 Ray Train workers."""
+    from ray_jobs import train
+    from ray_jobs.job_config import load_run_config
+
+    cfg, job = load_run_config(train_overrides(
+        wall_dataset, tmp_path, "predictor=mac_mem_vit", "predictor.depth=2", "predictor.heads=2",
+        "predictor.dim_head=8", "predictor.mlp_dim=32", "data.sequence_length=5", "training.window_stride=1",
+        "data.n_rollout=12", "training.batch_size=4", "training.epochs=1", "ray.num_workers=2",
+        "mlflow.register_model=null"))  # fmt: skip
+    outcome = train.run(cfg, job)
+    assert outcome.metrics["train/windows"] == 2 and outcome.metrics["step"] > 0
+    assert torch.isfinite(torch.tensor(outcome.metrics["val/loss"]))
+    assert (Path(outcome.checkpoint) / "model.safetensors").is_file()
