@@ -5,6 +5,8 @@
 * ``train_step``: training samples/s of one window (forward + backward, memory read and written) per preset,
   relative to ``vit`` at the same width and depth (the quickstart predictor: 16 tokens per frame, width 84,
   depth 2, 3 frames, batch 32), and the memory state's bytes per sample;
+* ``peak``: resident memory a training step adds (fresh process per preset; on a GPU read
+  ``torch.cuda.max_memory_allocated`` instead);
 * ``plan``: seconds per CEM plan (64 samples x 5 iterations x H5, 4 episodes) relative to ``vit`` (which plans
   with its KV-cached rollout; memory presets read their memory through the plain rollout);
 * ``length``: inference seconds for one sequence of L frames (16 ... 256) read window by window with memory,
@@ -121,6 +123,37 @@ def bench_train_step() -> None:
              state_bytes_per_sample=state_bytes)  # fmt: skip
 
 
+def _peak_one(preset: str) -> None:
+    """In a fresh process: resident memory before and at the peak of 3 training steps (batch 32)."""
+    import resource
+
+    _, wm = _wm(preset, [])
+    pred = wm.predictor.train()
+    x = torch.randn(32, 3 * pred.num_patches, pred.dim)
+    has_memory = hasattr(pred, "forward_memory")
+    state = pred.init_state(32) if has_memory else {}
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    for _ in range(3):
+        out = pred.forward_memory(x, state, commit=1)[0] if has_memory else pred(x)
+        out.square().mean().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"before": before, "peak": peak}))
+
+
+def bench_peak() -> None:
+    """Peak resident memory added by a training step, per preset (fresh process each, CPU)."""
+    import subprocess
+
+    base = None
+    for preset in PRESETS:
+        out = subprocess.run([sys.executable, __file__, "--peak-one", preset], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        added = max(0, row["peak"] - row["before"])
+        base = base or added
+        emit(case="peak", preset=preset, step_peak_mib=round(added / 2**20, 1), vs_vit=round(added / base, 2))
+
+
 def bench_plan() -> None:
     from dinowm_core.planning.planner import make_planner
 
@@ -179,14 +212,19 @@ def bench_length() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="recall,train_step,plan,length")
+    ap.add_argument("--only", default="recall,train_step,peak,plan,length")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the rows as a JSON list here")
+    ap.add_argument("--peak-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_one:
+        _peak_one(args.peak_one)
+        return
     cases = {
         "recall": bench_recall,
         "train_step": bench_train_step,
+        "peak": bench_peak,
         "plan": bench_plan,
         "length": bench_length,
     }
