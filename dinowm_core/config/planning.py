@@ -1,0 +1,129 @@
+"""The planner and evaluation sections (reference conf/plan*.yaml and conf/planner/*.yaml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from dinowm_core.config.base import ConfigModel
+
+
+class CEMConfig(ConfigModel):
+    num_samples: int = Field(300, gt=0)
+    topk: int = Field(30, gt=0)
+    var_scale: float = Field(1.0, gt=0)
+    opt_steps: int = Field(30, gt=0)
+    chunk_size: int | None = Field(
+        None,
+        gt=0,
+        description="rollouts per predictor call (B*N split so a plan fits in a few GB); None = all",
+    )
+
+
+class GDConfig(ConfigModel):
+    lr: float = Field(1.0, gt=0)
+    opt_steps: int = Field(1000, gt=0)
+    action_noise: float = Field(0.003, ge=0)
+    sample_type: Literal["randn", "zero"] = "randn"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+class MPCConfig(ConfigModel):
+    """Receding horizon. There is no iteration cap: an episode's length is ``eval.budget`` env steps (the
+    reference's ``max_iter`` is gone; saved checkpoints that still carry ``max_iter: null`` load unchanged)."""
+
+    n_taken_actions: int = Field(
+        5,
+        gt=0,
+        description="model steps executed per plan (<= planner.horizon); the rest warm-starts the next",
+    )
+
+
+class ObjectiveConfig(ConfigModel):
+    mode: Literal["last", "all"] = "last"
+    alpha: float = Field(1.0, ge=0, description="weight of the proprio-embedding term")
+    base: float = Field(2.0, gt=0, description="per-frame weight base for mode=all")
+
+
+class PlannerConfig(ConfigModel):
+    name: Literal["cem", "gd", "mpc_cem", "mpc_gd"] = "cem"
+    horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
+    cem: CEMConfig = Field(default_factory=CEMConfig)
+    gd: GDConfig = Field(default_factory=GDConfig)
+    mpc: MPCConfig = Field(default_factory=MPCConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    amp: bool = Field(False, description="bf16 autocast in planning rollouts (fp32 objective)")
+    kv_cache: bool = Field(True, description="reuse history keys/values while the context grows (exact)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the planning rollout's predictor steps (fuses norms; pays off on GPU)",
+    )
+    align: bool | None = Field(
+        None,
+        description="plan with a copy of the predictor zero-padded to an aligned width (exact); None = on CUDA",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerConfig:
+        if self.horizon < 1:
+            raise ValueError(f"planner.horizon must be >= 1, got {self.horizon}")
+        if self.cem.topk > self.cem.num_samples:
+            raise ValueError(
+                f"planner.cem.topk ({self.cem.topk}) must not exceed planner.cem.num_samples "
+                f"({self.cem.num_samples})"
+            )
+        if self.name.startswith("mpc_") and self.mpc.n_taken_actions > self.horizon:
+            raise ValueError(
+                f"planner.mpc.n_taken_actions ({self.mpc.n_taken_actions}) must not exceed planner.horizon "
+                f"({self.horizon}): an MPC step can only execute actions it planned"
+            )
+        return self
+
+
+class EvalConfig(ConfigModel):
+    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
+
+    The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
+    reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
+    """
+
+    goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
+    # Reference section 5.1: goal_H is both the goal distance and the planning horizon. Here the horizon is
+    # planner.horizon and goal_H follows it unless set; see dinowm_core/presets.py.
+    goal_H: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "dset/random_action goal distance in model steps (x frameskip env steps); None = planner.horizon "
+            "(reference: horizon = goal_H). Set explicitly and different from planner.horizon with an "
+            "open-loop planner (cem, gd) and a dset/random_action goal it is a config error: the plan would "
+            "stop short of (or run past) the goal. MPC planners replan, so any goal_H works with them"
+        ),
+    )
+    goal_file: str | None = Field(
+        None, description="JSON or .npz targets for goal_source=file (never a pickle)"
+    )
+    n_evals: int = Field(50, gt=0, description="episodes per seed")
+    budget: int = Field(50, gt=0, description="env steps per episode (fixed; no simulator early stop)")
+    seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
+    # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
+    # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
+    seed_scheme: Literal["spawn", "reference"] = "spawn"
+    oracle_stop: bool = Field(
+        False,
+        description="stop an episode at the first executed chunk that ends in simulator success (labelled)",
+    )
+    policy: Literal["planner", "random"] = Field("planner", description="random = uniform in the env box")
+    n_plot_samples: int = Field(10, ge=0, description="videos for the first n episodes of each seed")
+    render_size: int | None = Field(None, gt=0, description="env render size; None = img_size")
+    device: str = Field("auto", description="planner device: auto (cuda if available), cpu, cuda, cuda:1")
+    num_actors: int | None = Field(None, gt=0, description="Ray env actors; None = one per episode")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.goal_source == "file" and not self.goal_file:
+            raise ValueError("eval.goal_file must be set when eval.goal_source=file")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"eval.seeds must be distinct, got {self.seeds}")
+        return self

@@ -1,0 +1,84 @@
+"""The data and training sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dinowm_core.config.base import ConfigModel
+
+
+class DataConfig(ConfigModel):
+    path: str | None = None
+    split_ratio: float = Field(0.9, gt=0, le=1)
+    split_seed: int = 42
+    n_rollout: int | None = Field(None, gt=0, description="use only the first n trajectories")
+    normalize_action: bool = True
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    feature_cache: bool = Field(False, description="train from cached encoder features")
+    allow_resize: bool = Field(False, description="resize stored frames to img_size when they differ")
+    sequence_length: int | None = Field(
+        None,
+        gt=0,
+        description="frames per training sample: a long trajectory cut into consecutive windows with the memory "
+        "carried across them (memory predictors); None = one window of num_hist + num_pred frames",
+    )
+
+
+class TrainingConfig(ConfigModel):
+    seed: int = 0
+    epochs: int = Field(100, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, gt=0, description="global batch size (split across workers)")
+    encoder_lr: float = Field(1e-6, gt=0)
+    decoder_lr: float = Field(3e-4, gt=0)
+    predictor_lr: float = Field(5e-4, gt=0)
+    action_encoder_lr: float = Field(5e-4, gt=0)
+    train_predictor: bool = True
+    train_decoder: bool = True
+    has_decoder: bool = True
+    # Reference: no schedule and no clipping. Ours: both available, reference behaviour by default.
+    scheduler: Literal["none", "cosine"] = "none"
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    restarts: int = Field(0, ge=0, description="cosine warm restarts")
+    # Max global grad norm over all trainable params (None = off, as the reference); 0.5 is a good value.
+    grad_clip: float | None = Field(None, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
+    window_stride: int = Field(
+        1,
+        gt=0,
+        description="with data.sequence_length: frames between windows (written to memory per window)",
+    )
+    tbptt_windows: int | None = Field(
+        None, gt=0, description="with data.sequence_length: windows between memory detaches (None: never)"
+    )
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, off on CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the predictor")
+    save_every_epochs: int = Field(1, gt=0)
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
+    log_every_steps: int = Field(10, gt=0, description="period of the per-step metrics rows (MLflow)")
+    progress_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds between console progress lines of the main rank (step, loss, steps/s, ETA; "
+        "validation batches): time-based so a 20-step run and a 100k-step run both print about twice a "
+        "minute; 0 = every step. Epoch ends and validation start/end are always printed",
+    )
+    num_val_rollouts: int = Field(10, ge=0)
+    num_reconstruct_samples: int = Field(6, ge=0)
+    val_max_batches: int | None = Field(None, gt=0, description="cap on validation batches (None = all)")
+    val_at_start: bool = Field(False, description="also validate before the first step (logged at step 0)")
+    artifacts_every_epochs: int = Field(
+        1, ge=0, description="image grid / rollout video period; 0 = at the end"
+    )
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` (training.amp=off) as false
+
+
+# ---- planning and evaluation -----------------------------------------------------------------
