@@ -205,7 +205,7 @@ def test_no_reference_to_the_old_single_dockerfile():
     files = subprocess.run(
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
-    stale = re.compile(r"docker/Dockerfile(?![.\w])")
+    stale = re.compile(r"docker[/]Dockerfile(?![.\w])")  # [/]: this line must not match itself
     hits = [f for f in files if Path(REPO / f).is_file() and f.endswith((".md", ".yaml", ".yml", ".py", ".sh", ".toml"))
             and stale.search((REPO / f).read_text(errors="ignore"))]  # fmt: skip
     assert hits == []
