@@ -139,15 +139,21 @@ def test_dockerfile_checks_reject_a_broken_copy(tmp_path, edit, message):
     assert any(message in p for p in check_dockerfile(broken, "cpu"))
 
 
-def test_baked_weights_are_where_the_encoder_looks(monkeypatch):
-    import torch
+def test_baked_weights_are_where_the_encoder_looks(tmp_path, monkeypatch):
+    # The images copy WEIGHTS_DIR to $TORCH_HOME/hub/checkpoints (check_dockerfile); the encoder finds a file
+    # there without a download. A stand-in TORCH_HOME plays /opt/dinowm/torch.
+    from dinowm_core.models.encoders import locate_pretrained_weights
 
-    from dinowm_core.models import encoders
-
-    monkeypatch.setenv("TORCH_HOME", "/opt/dinowm/torch")
-    assert torch.hub.get_dir() == "/opt/dinowm/torch/hub"
-    source = Path(encoders.__file__).read_text()
-    assert 'Path(torch.hub.get_dir()) / "checkpoints" / f"dinov2_{arch}_pretrain.pth"' in source
+    env = dict(
+        a.split("=", 1)
+        for a in " ".join(x for w, x in instructions(DOCKERFILES["cpu"]) if w == "ENV").split()
+    )
+    assert env["TORCH_HOME"] == "/opt/dinowm/torch"
+    baked = tmp_path / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    baked.parent.mkdir(parents=True)
+    baked.write_bytes(b"stand-in")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert Path(locate_pretrained_weights("vits14", None, allow_download=False)) == baked
 
 
 def test_setup_pins_match_pyproject():
