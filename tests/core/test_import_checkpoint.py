@@ -181,6 +181,20 @@ def test_pusht_gets_the_original_normalization_constants(tmp_path):
     assert load_world_model(out).normalization == PUSHT_NORMALIZATION
 
 
+def test_other_envs_take_the_statistics_of_our_imported_dataset(run_dir, tmp_path):
+    from dinowm_core.data.generate import generate
+    from dinowm_core.data.normalization import Normalizer
+    from dinowm_core.data.store import TrajectoryStore
+
+    data = generate("wall", 2, 20, tmp_path / "wall_ds", seed=0, workers=1, img_size=64, progress=False)
+    out = import_original_checkpoint(run_dir, tmp_path / "ours", TINY_ENCODER, dataset=data)
+    expected = Normalizer.from_manifest(TrajectoryStore(data).manifest).to_dict()
+    assert load_world_model(out).normalization == expected
+    assert json.loads((out / "import.json").read_text())["normalization"] == f"dataset {data}"
+    without = import_original_checkpoint(run_dir, tmp_path / "bare", TINY_ENCODER)
+    assert not (without / "normalization.json").exists()  # planning warns and uses the identity
+
+
 def test_a_checkpoint_of_state_dicts_loads_with_torch_safe_loader(original, tmp_path):
     payload = {k: (v.state_dict() if isinstance(v, torch.nn.Module) else v) for k, v in checkpoint_dict(original).items()
                if "optimizer" not in k}  # fmt: skip

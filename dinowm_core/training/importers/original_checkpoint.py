@@ -13,7 +13,7 @@
 5. written with our checkpoint writer, plus ``import.json`` (the original config, the key mapping, what was
    dropped), renamed into place only when complete.
 
-The optimizers and the epoch counter are not carried over: our training starts a new optimizer state anyway.
+The optimizers are not carried over (``import.json`` lists them; the epoch is recorded there).
 """
 
 from __future__ import annotations
