@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import functools
-import io
+import importlib
 import json
 import os
 import pickle
@@ -85,8 +85,8 @@ def _run_cli(*args: str):
 
 def test_the_original_modules_are_gone_after_saving(run_dir):
     assert "models.vit" not in sys.modules and "models" not in sys.modules
-    with pytest.raises(ModuleNotFoundError):
-        pickle.loads(pickle.dumps(0) and b"\x80\x02cmodels.vit\nViTPredictor\nq\x00.")
+    with pytest.raises(ModuleNotFoundError):  # so the import cannot lean on the original's code
+        importlib.import_module("models.vit")
 
 
 def test_the_file_pickles_whole_modules_and_optimizers(run_dir):
@@ -370,4 +370,4 @@ def test_the_planning_service_serves_a_plan_from_it(imported):
     (response,) = service.plan([request])
     assert len(response.actions) == 5 * 5 and len(response.actions[0]) == 2
     assert torch.isfinite(torch.tensor(response.actions)).all()
-    assert io.StringIO(response.model_dump_json()).read()  # a JSON answer, as the HTTP app returns it
+    assert json.loads(response.model_dump_json())["actions"] == response.actions  # the HTTP app's JSON answer

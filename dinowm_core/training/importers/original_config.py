@@ -62,7 +62,8 @@ _DIRECT = (
     ("decoder.n_embed", "decoder.n_embed", None),
     ("decoder.decay", "decoder.decay", None),
 )
-#: Original keys that are read here but produce no override of their own (they are checked or drive another row).
+#: Original keys without a row of their own: checked above, duplicates of a mapped key (``model.num_hist`` is
+#: ``${num_hist}``), or unused by the original itself (``predictor.pool``).
 _CHECKED = {"env.name", "env.kwargs", "encoder", "concat_dim", "has_predictor", "model.train_encoder",
             "predictor._target_", "decoder._target_", "action_encoder", "proprio_encoder", "predictor.pool",
             "model._target_", "model.image_size", "model.num_hist", "model.num_pred"}  # fmt: skip

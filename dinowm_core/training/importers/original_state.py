@@ -207,7 +207,10 @@ def convert_all(ckpt: Mapping[str, Any], wm: nn.Module) -> dict[str, Any]:
                 report[name] = {"skipped": "the config builds no decoder (training.has_decoder=false)"}
             continue
         if name not in ckpt:
-            raise StateMappingError(f"model_latest.pth has no {name!r} (keys: {sorted(ckpt)})")
+            hint = " (set training.has_decoder=false to import without it)" if name == "decoder" else ""
+            raise StateMappingError(
+                f"model_latest.pth has no {name!r} (keys: {sorted(map(str, ckpt))}){hint}"
+            )
         state, module = original_state(ckpt, name)
         converted, notes = CONVERTERS[name](state, module, target)
         load_component(target, converted, name)
