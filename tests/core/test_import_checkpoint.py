@@ -209,6 +209,23 @@ def test_a_checkpoint_of_state_dicts_loads_with_torch_safe_loader(original, tmp_
         )
 
 
+def test_a_fork_that_saves_the_mask_as_a_buffer_imports_too(tmp_path):
+    original = build_original()
+    for attn, _ in original.predictor.transformer.layers:
+        mask = attn.bias
+        del attn.bias
+        attn.register_buffer("bias", mask)
+    run = write_original_run(tmp_path / "run", original)
+    out = import_original_checkpoint(run, tmp_path / "ours", TINY_ENCODER)
+    notes = json.loads((out / "import.json").read_text())["state_mapping"]["predictor"]["notes"]
+    assert "dropped 2 saved attention masks (ours is built from the config)" in notes
+    z = original.encode(*_inputs(b=2, t=3, seed=5))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_world_model(out).eval().predict(z), original.predict(z), rtol=0, atol=ATOL
+        )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

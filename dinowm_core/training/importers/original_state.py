@@ -13,6 +13,7 @@ that each layer's ``heads`` and ``scale`` match ours.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,7 +104,9 @@ def _check_attention(module: Recorded | None, ours: nn.Module) -> list[str]:
         if scale is not None and abs(float(scale) - dim_head**-0.5) > 1e-6:
             raise StateMappingError(f"predictor.{path}.scale = {scale}: expected dim_head ** -0.5 with dim_head "
                                     f"{dim_head} (set predictor.dim_head)")  # fmt: skip
-        mask = attrs.get("bias")
+        buffers = (layer.state.get("_buffers") if isinstance(layer.state, Mapping) else None) or {}
+        # A plain attribute in the original; a buffer in some forks.
+        mask = attrs.get("bias", buffers.get("bias"))
         if isinstance(mask, torch.Tensor):
             mask = mask.reshape(mask.shape[-2], mask.shape[-1]) != 0
             if mask.shape != want.shape or not torch.equal(mask, want):
@@ -119,6 +122,12 @@ def _check_attention(module: Recorded | None, ours: nn.Module) -> list[str]:
 def convert_predictor(state: State, module: Recorded | None, ours: nn.Module) -> tuple[State, list[str]]:
     out = {_predictor_name(k): v for k, v in state.items()}
     notes = _check_attention(module, ours)
+    # A fork that registers the mask as a persistent buffer saves it with the weights: checked above, rebuilt by us.
+    masks = [k for k in out if re.fullmatch(r"layers\.\d+\.0\.bias", k)]
+    for k in masks:
+        del out[k]
+    if masks:
+        notes.append(f"dropped {len(masks)} saved attention masks (ours is built from the config)")
     dim = ours.dim
     for i, (attn, _ff) in enumerate(ours.layers):
         key = f"layers.{i}.0.to_out.0"
