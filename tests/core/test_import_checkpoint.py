@@ -209,6 +209,23 @@ def test_a_checkpoint_of_state_dicts_loads_with_torch_safe_loader(original, tmp_
         )
 
 
+def test_one_head_as_wide_as_the_model_gets_an_identity_output_projection(tmp_path):
+    sizes = {
+        **SIZES,
+        "heads": 1,
+        "dim_head": SIZES["visual_dim"] + 2 * SIZES["emb"],
+    }  # original: to_out = Identity
+    original = build_original(sizes)
+    assert isinstance(original.predictor.transformer.layers[0][0].to_out, torch.nn.Identity)
+    run = write_original_run(tmp_path / "run", original, hydra_config(sizes))
+    out = import_original_checkpoint(run, tmp_path / "ours", TINY_ENCODER)
+    z = original.encode(*_inputs(b=2, t=3, seed=6))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_world_model(out).eval().predict(z), original.predict(z), rtol=0, atol=ATOL
+        )
+
+
 def test_a_fork_that_saves_the_mask_as_a_buffer_imports_too(tmp_path):
     original = build_original()
     for attn, _ in original.predictor.transformer.layers:

@@ -1,10 +1,16 @@
 """The original DINO-WM's module states -> ours (reference sections 2.2, 2.3, 2.5).
 
-| original (``model_latest.pth`` key, class)          | ours (``WorldModel`` attribute)  | names and shapes          |
-|-----------------------------------------------------|----------------------------------|---------------------------|
-| ``predictor``: ``models.vit.ViTPredictor``           | ``predictor``: ``ViTPredictor``   | ``transformer.layers.*`` -> ``layers.*``, ``transformer.norm`` -> ``norm``; fused ``to_qkv`` (q, k, v chunks, heads ``(h d)``) and ``to_out.0`` keep their layout; an ``nn.Identity`` ``to_out`` (1 head of width dim) becomes an identity Linear |
-| ``decoder``: ``models.vqvae.VQVAE``                  | ``decoder``: ``VQVAEDecoder``     | ``upsample_b.blocks.*``, ``dec.blocks.*`` unchanged; ``quantize_b.*`` -> ``quantizer.*`` (dropped when ``quantize`` is off: the original keeps an unused codebook) |
-| ``proprio_encoder`` / ``action_encoder``: ``models.proprio.ProprioceptiveEmbedding`` | ``Embedder`` | ``patch_embed`` Conv1d weight ``(E, in, 1)`` -> ``proj`` Linear ``(E, in)`` |
+``model_latest.pth`` key (original class) -> our ``WorldModel`` attribute, names and shapes:
+
+* ``predictor`` (``models.vit.ViTPredictor``) -> ``predictor`` (``ViTPredictor``): ``transformer.layers.*`` ->
+  ``layers.*``, ``transformer.norm`` -> ``norm``. The fused ``to_qkv`` (q, k, v chunks; heads as ``(h d)``) and
+  ``to_out.0`` keep their layout (our SDPA computes the same attention with the same 1/sqrt(dim_head) scale); an
+  ``nn.Identity`` ``to_out`` (1 head as wide as dim) becomes an identity Linear.
+* ``decoder`` (``models.vqvae.VQVAE``) -> ``decoder`` (``VQVAEDecoder``): ``upsample_b.blocks.*`` and
+  ``dec.blocks.*`` unchanged; ``quantize_b.*`` -> ``quantizer.*``, dropped when ``quantize`` is off (the original
+  keeps an unused codebook).
+* ``proprio_encoder`` / ``action_encoder`` (``models.proprio.ProprioceptiveEmbedding``) -> ``Embedder``: the
+  kernel-1 Conv1d ``patch_embed`` weight ``(E, in, 1)`` -> the Linear ``proj`` weight ``(E, in)``.
 
 The predictor's attention mask is not a weight (ours is rebuilt from the config), but the original pickles it as an
 attribute of every attention layer, so the import checks that it is the frame-causal mask our config builds, and
