@@ -137,9 +137,8 @@ def import_original_checkpoint(
         raise FileExistsError(f"{out}: already exists (choose a new output directory)")
     tree = read_hydra_yaml(hydra_file)
     cfg, rows, ignored = imported_config(tree, overrides)
-    normalization, norm_source = _normalization(
-        cfg, dataset
-    )  # before the heavy work: a bad --dataset fails fast
+    # Before the heavy work, so a bad --dataset fails at once.
+    normalization, norm_source = _normalization(cfg, dataset)
     ckpt, loader = load_original_checkpoint(ckpt_file)
     if not isinstance(ckpt, Mapping):
         raise UnsafeCheckpointError(f"{ckpt_file}: expected a dict of modules, got {qualname_of(ckpt)}")
