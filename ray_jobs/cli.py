@@ -10,6 +10,7 @@ from typing import NoReturn
 import typer
 
 from ray_jobs.cli_data import data_app
+from ray_jobs.cli_import import import_checkpoint_cmd
 from ray_jobs.cli_runs import runs_app, train_cmd
 from ray_jobs.cli_serve import serve_cmd
 from ray_jobs.cli_tune import tune_cmd
@@ -24,6 +25,7 @@ app.add_typer(runs_app, name="runs")
 app.command("train")(train_cmd)
 app.command("serve")(serve_cmd)
 app.command("tune")(tune_cmd)
+app.command("import-checkpoint")(import_checkpoint_cmd)
 
 OVERRIDES = typer.Argument(None, help="config overrides: env=wall frameskip=5 predictor.depth=4 ...")
 
