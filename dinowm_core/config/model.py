@@ -59,13 +59,13 @@ class MemoryConfig(ConfigModel):
     """A memory predictor's memory (``dinowm_core/models/memory``): what is stored x how a block reads it.
 
     store: ``none``; retrieval stores ``neural`` (Titans fast-weight MLP), ``lookup`` (bounded bank, top-k);
-    recurrent cells ``ssm`` (diagonal linear SSM), ``selective_ssm`` (Mamba scan), ``mlstm`` (xLSTM matrix
-    memory); ``segment`` (Transformer-XL: the previous frames' keys/values). reader: ``context`` (memory tokens
+    recurrent cells ``ssm`` (diagonal linear SSM), ``selective_ssm`` (Mamba scan), ``ssd`` (Mamba-2 scan:
+    one decay per head), ``mlstm`` (xLSTM matrix memory); ``segment`` (Transformer-XL: the previous frames' keys/values). reader: ``context`` (memory tokens
     attended to, MAC), ``gate`` (MAG), ``cross_attention``, ``adanorm``, ``mixer`` (a cell as a temporal mixing
     sublayer in every block), ``none``.
     """
 
-    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "mlstm", "segment"] = "none"
+    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "ssd", "mlstm", "segment"] = "none"
     reader: Literal["none", "context", "gate", "cross_attention", "adanorm", "mixer"] = "none"
     per_layer: bool = Field(False, description="one retrieval store per block (mac_layer_mem_vit)")
     tokens: int = Field(4, gt=0, description="memory tokens read per frame (lookup: top-k entries)")
@@ -74,7 +74,7 @@ class MemoryConfig(ConfigModel):
     capacity: int = Field(
         64, gt=0, description="lookup: entries kept per sample (FIFO); segment: frames of keys/values kept"
     )
-    state_dim: int = Field(16, gt=0, description="ssm / selective_ssm: state size per channel")
+    state_dim: int = Field(16, gt=0, description="ssm / selective_ssm / ssd: state size per channel")
     hidden: int | None = Field(None, gt=0, description="neural: fast-weight MLP width (None: 2 x width)")
     lr: float = Field(0.1, gt=0, description="neural: inner learning rate at init (data-dependent after)")
     momentum: float = Field(0.9, ge=0, lt=1, description="neural: surprise momentum at init")
@@ -92,6 +92,7 @@ class MemoryConfig(ConfigModel):
             "lookup": ("context", "cross_attention", "adanorm"),
             "ssm": ("mixer", "cross_attention"),
             "selective_ssm": ("mixer", "cross_attention"),
+            "ssd": ("mixer", "cross_attention"),
             "mlstm": ("mixer", "cross_attention"),
             "segment": ("none",),
         }[self.store]
@@ -124,10 +125,11 @@ class PredictorConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> PredictorConfig:
-        if self.name == "mamba" and (self.memory.store != "selective_ssm" or self.memory.reader != "mixer"):
+        scans = ("ssd", "selective_ssm")
+        if self.name == "mamba" and (self.memory.store not in scans or self.memory.reader != "mixer"):
             raise ValueError(
-                "predictor.name=mamba mixes frames with selective scans only: set "
-                "predictor.memory.store=selective_ssm and predictor.memory.reader=mixer"
+                "predictor.name=mamba mixes frames with selective scans only: set predictor.memory.store=ssd "
+                "(Mamba-2) or selective_ssm (Mamba-1) and predictor.memory.reader=mixer"
             )
         return self
 
