@@ -54,6 +54,12 @@ class Config(ConfigModel):
             if self.training.window_stride > self.num_hist:
                 raise ValueError(f"training.window_stride ({self.training.window_stride}) must not exceed num_hist "
                                  f"({self.num_hist}): a frame would leave the window unseen by memory")  # fmt: skip
+        discrete_planner = self.planner.name.endswith("cem_discrete")
+        if discrete_planner and self.env.num_actions is None:
+            raise ValueError(
+                f"planner.name={self.planner.name} plans over a discrete action set, but env {self.env.name} "
+                "is continuous (env.num_actions is not set)"
+            )
         if self.num_pred != 1:
             # z_tgt = z[:, num_pred:] must line up with the num_hist predicted frames.
             raise ValueError(f"num_pred: only 1 is supported (as in the reference), got {self.num_pred}")
@@ -62,8 +68,8 @@ class Config(ConfigModel):
     # ---- derived values -------------------------------------------------------------------------
     @property
     def action_dim(self) -> int:
-        """Per-model-step action width after frameskip concatenation (f * d)."""
-        return self.env.action_dim * self.frameskip
+        """Per-model-step action width after frameskip concatenation (f * d; discrete: f * num_actions)."""
+        return self.env.model_action_dim * self.frameskip
 
     @property
     def num_side_patches(self) -> int:
@@ -99,7 +105,7 @@ class Config(ConfigModel):
 # continues from a checkpoint must keep them. Everything else (data, training schedule, planner, eval, output)
 # may change between attempts.
 MODEL_KEYS = (
-    "env.name", "env.action_dim", "env.proprio_dim", "env.state_dim", "env.action_scale",
+    "env.name", "env.action_dim", "env.num_actions", "env.proprio_dim", "env.state_dim", "env.action_scale",
     "encoder", "predictor", "decoder", "img_size", "frameskip", "num_hist", "num_pred", "concat",
     "action_emb_dim", "proprio_emb_dim", "num_action_repeat", "num_proprio_repeat", "training.has_decoder",
 )  # fmt: skip
