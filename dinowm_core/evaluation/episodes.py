@@ -145,7 +145,10 @@ class EpisodeGroup:
         self.n_active = 0
 
     def action_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the env's action box; a discrete env: its index range [0, n - 1]."""
         space = self.runners[0].env.action_space
+        if hasattr(space, "n"):
+            return np.zeros(1), np.array([space.n - 1], np.float64)
         return np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
 
     def reset(self, targets: list[Target], indices: list[int], record: list[bool]) -> None:
