@@ -3,7 +3,6 @@ per-episode, MPC warm starts, a real tiny four_rooms model, and config errors th
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
