@@ -54,12 +54,6 @@ class Config(ConfigModel):
             if self.training.window_stride > self.num_hist:
                 raise ValueError(f"training.window_stride ({self.training.window_stride}) must not exceed num_hist "
                                  f"({self.num_hist}): a frame would leave the window unseen by memory")  # fmt: skip
-        discrete_planner = self.planner.name.endswith("cem_discrete")
-        if discrete_planner and self.env.num_actions is None:
-            raise ValueError(
-                f"planner.name={self.planner.name} plans over a discrete action set, but env {self.env.name} "
-                "is continuous (env.num_actions is not set)"
-            )
         if self.num_pred != 1:
             # z_tgt = z[:, num_pred:] must line up with the num_hist predicted frames.
             raise ValueError(f"num_pred: only 1 is supported (as in the reference), got {self.num_pred}")

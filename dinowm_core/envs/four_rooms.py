@@ -314,7 +314,7 @@ class FourRoomsEnv(PlanningEnv):
             raise ValueError(f"four_rooms: an action is one index in 0..{NUM_ACTIONS - 1}, got {action!r}")
         return int(a[0])
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def _step_dynamics(self, action: Any) -> dict[str, Any]:
         a = self.action_index(action)
         (x, y), d = self.sim.agent_pos, self.sim.agent_dir
         if a == LEFT:
@@ -325,8 +325,13 @@ class FourRoomsEnv(PlanningEnv):
             nx, ny = x + DIR_VEC[d][0], y + DIR_VEC[d][1]
             if not self.blocked[nx, ny]:
                 self.sim.agent_pos = (nx, ny)
-        state = self.get_state()
-        return self._obs(), 0.0, False, False, {"state": state}
+        return {}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Like the base step, but the action is an index (int, numpy integer, or a (1,) array of a whole
+        number: the evaluation and datasets pass float rows)."""
+        self._step_dynamics(action)
+        return self._obs(), 0.0, False, False, {"state": self.get_state()}
 
     # ---- observation, evaluation ----------------------------------------------------------------
     def render(self) -> np.ndarray:

@@ -109,4 +109,9 @@ def build_policy(
         raise ValueError(f"planner {p.name} needs a world model")
     zero = normalized_zero_action(adapter.normalizer, cfg.env.action_dim, cfg.frameskip).to(adapter.device)
     action_set = discrete_action_set(adapter.normalizer)
+    if p.name.endswith("cem_discrete") and action_set is None:
+        raise ValueError(
+            f"planner.name={p.name} plans over a discrete action set, but env {cfg.env.name} is continuous "
+            "(env.num_actions is not set)"
+        )
     return ModelPolicy(adapter, make_planner(p, adapter.wm, zero_action=zero, action_set=action_set))

@@ -163,7 +163,10 @@ class Planner:
         if self.kind not in ("cem", "gd", "cem_discrete"):
             raise ValueError(f"unknown planner {cfg.name!r}")
         if self.kind == "cem_discrete" and action_set is None:
-            raise ValueError(f"planner.name={cfg.name} needs the env's discrete action set (action_set)")
+            raise ValueError(
+                f"planner.name={cfg.name} needs the env's discrete action set (action_set): a discrete env "
+                "(env.num_actions) and its checkpoint's normalizer provide it"
+            )
         self.closed_loop = cfg.name.startswith("mpc_")
         self.n_execute = cfg.mpc.n_taken_actions if self.closed_loop else cfg.horizon
         if not 1 <= self.n_execute <= cfg.horizon:

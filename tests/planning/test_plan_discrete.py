@@ -132,8 +132,13 @@ def test_tiny_four_rooms_model_plans_one_hot_actions():
 
 
 def test_config_errors_name_the_key():
+    from dinowm_core.evaluation.adapter import ModelAdapter
+    from dinowm_core.evaluation.policy import build_policy
+
+    wall = load_config(["env=wall", "encoder=dino_tiny", "encoder.pretrained=false", "predictor=vit_small",
+                        "decoder=none", "img_size=32", "frameskip=1", "num_hist=1", "planner=mpc_cem_discrete"])  # fmt: skip
     with pytest.raises(ValueError, match="planner.name=mpc_cem_discrete.*env.num_actions"):
-        load_config(["env=wall", "planner=mpc_cem_discrete"])
+        build_policy(wall, adapter=ModelAdapter(build_world_model(wall)))
     with pytest.raises(ValueError, match="env.action_dim"):
         load_config(["env=four_rooms", "env.action_dim=2"])
     with pytest.raises(ValueError, match="action_set"):
