@@ -348,9 +348,16 @@ class FourRoomsEnv(PlanningEnv):
         )
         return resize_view(frame, self.img_size)
 
-    def render_full(self, tile_size: int = 16) -> np.ndarray:
-        """Top-down frame of the whole grid with the agent and its field of view highlighted (videos only)."""
-        return self.sim.get_full_render(highlight=True, tile_size=tile_size)
+    def render_full(self, tile_size: int = 16, goal: np.ndarray | None = None) -> np.ndarray:
+        """Top-down frame (17 * tile_size px) of the whole grid, the agent's field of view highlighted and, with
+        ``goal`` (a state), the goal cell outlined in green: for videos only, never an observation."""
+        frame = self.sim.get_full_render(highlight=True, tile_size=tile_size)
+        if goal is not None:
+            x, y, b = int(goal[0]) * tile_size, int(goal[1]) * tile_size, max(1, tile_size // 8)
+            cell = frame[y : y + tile_size, x : x + tile_size]
+            for edge in (cell[:b], cell[-b:], cell[:, :b], cell[:, -b:]):
+                edge[...] = (0, 255, 0)
+        return frame
 
     def path_length(self, start: np.ndarray, goal: np.ndarray) -> int:
         """Shortest path length in cells between two states' cells (-1 if unreachable)."""

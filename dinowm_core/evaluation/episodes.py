@@ -45,6 +45,11 @@ class EpisodeRunner:
         # The obs at every model step (each frameskip env steps), to compare with the model's imagination.
         self.model_step_obs: list[Obs] = [obs]
         self.frames: list[np.ndarray] = [obs["visual"]] if record else []
+        # A partially observed env (four_rooms) also draws the whole map, with the goal cell, for the video.
+        self.maps: list[np.ndarray] = []
+        self._map = getattr(self.env, "render_full", None) if record else None
+        if self._map is not None:
+            self.maps.append(self._map(goal=target.goal_state))
         self._measure(info["state"])
         return obs
 
@@ -79,6 +84,8 @@ class EpisodeRunner:
                 self.model_step_obs.append(self.obs)
             if self.record:
                 self.frames.append(self.obs["visual"])
+                if self._map is not None:
+                    self.maps.append(self._map(goal=self.target.goal_state))
             self._measure(info["state"])
         if self.oracle_stop and n > 0 and self.last_eval["success"]:
             self.stopped_by_oracle = True
@@ -107,6 +114,7 @@ class EpisodeRunner:
             actions=np.stack(self.actions) if self.actions else np.zeros((0, d)),
             frames=np.stack(self.frames) if self.record else None,
             goal_visual=self.target.goal_obs.get("visual"),
+            maps=np.stack(self.maps) if self.maps else None,
         )
 
 

@@ -257,7 +257,7 @@ def run_evaluation(
                     m = r.metrics
                     name = f"seed{seed}_ep{m.index:03d}_{'success' if m.success else 'failure'}.mp4"
                     write_episode_video(
-                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip
+                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip, maps=r.maps
                     )
                     result.videos.append(str(Path("videos") / name))
     if out is not None:

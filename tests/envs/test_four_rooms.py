@@ -180,3 +180,16 @@ def test_bad_input_is_refused_with_a_message(env: FourRoomsEnv) -> None:
     with pytest.raises(ValueError, match="colors"):
         FourRoomsEnv(colors=["pink"])
     assert SIZE == 17
+
+
+def test_top_down_render_marks_the_goal_and_feeds_a_video_panel(env: FourRoomsEnv, tmp_path) -> None:
+    from dinowm_core.evaluation.video import episode_panels
+
+    plain = env.render_full()
+    marked = env.render_full(goal=np.array([3.0, 12.0, 0.0]))
+    assert plain.shape == (SIZE * 16, SIZE * 16, 3)
+    changed = np.argwhere((plain != marked).any(-1))
+    assert changed[:, 0].min() >= 12 * 16 and changed[:, 1].max() < 4 * 16  # only the goal cell (x 3, y 12)
+    views = np.stack([env.render()] * 3)
+    video = episode_panels(views, None, views[0], 1, np.stack([marked] * 3))
+    assert video.shape == (3, SIZE * 16, 4 * SIZE * 16, 3)
