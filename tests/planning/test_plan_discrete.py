@@ -153,3 +153,17 @@ def test_config_errors_name_the_key():
         cem_discrete(prob, CEMConfig(num_samples=4, topk=5), torch.eye(K))
     cfg = load_config(["env=four_rooms", "img_size=64", "frameskip=3"])
     assert cfg.action_dim == 9 and cfg.env.model_action_dim == 3
+
+
+def test_random_baseline_draws_action_indices():
+    from dinowm_core.evaluation.episodes import EpisodeGroup
+    from dinowm_core.evaluation.policy import build_policy
+
+    cfg = load_config(["env=four_rooms", "img_size=32", "frameskip=2", "eval.policy=random", "planner=mpc_cem_discrete",
+                       "planner.mpc.n_taken_actions=2"])  # fmt: skip
+    group = EpisodeGroup("four_rooms", 1, img_size=32, budget=8, frameskip=2)
+    policy = build_policy(cfg, adapter=None, action_box=group.action_box())
+    policy.reset([0, 1], seed=0)
+    actions = policy.plan({"visual": None}, {})
+    assert actions.shape == (2, 4, 1) and set(actions.ravel().tolist()) <= {0.0, 1.0, 2.0}
+    assert len(set(actions.ravel().tolist())) > 1
