@@ -124,3 +124,19 @@ def test_discrete_action_codec_round_trips_numpy_and_torch() -> None:
     assert "num_actions" not in Normalizer.identity(2, 2).to_dict()
     with pytest.raises(ValueError, match="whole numbers"):
         norm.normalize_actions(np.array([[3.0]]))
+
+
+def test_cli_generates_each_preset(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ray_jobs.cli import app
+
+    for policy in ("four_rooms_explore", "two_rooms_bfs"):
+        out = tmp_path / policy
+        r = CliRunner().invoke(app, ["data", "generate", "--env", "four_rooms", "--policy", policy, "--episodes", "2",
+                                     "--steps", "6", "--img-size", "16", "--out", str(out), "--no-progress"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert TrajectoryStore(out).manifest["generator"]["policy"] == policy
+    r = CliRunner().invoke(app, ["data", "generate", "--env", "wall", "--policy", "four_rooms_bfs", "--episodes", "1",
+                                 "--steps", "4", "--out", str(tmp_path / "w")])  # fmt: skip
+    assert r.exit_code == 2 and "four_rooms" in r.output
