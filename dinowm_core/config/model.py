@@ -12,14 +12,35 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher"]
+    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms"]
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
+    num_actions: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "discrete envs (four_rooms): size of the action set. The stored action is its index (action_dim 1) "
+            "and the model sees its one-hot, so a model step's action is f concatenated one-hots; None = continuous"
+        ),
+    )
     proprio_dim: int = Field(gt=0)
     state_dim: int = Field(gt=0, description="raw state dim (deformables: 4 x particles)")
     # Pixels per env action unit in the reference's PushT datasets (rel_actions.pth); the importer divides by
     # it. Our stores, models and planners always use env units (what env.step takes).
     action_scale: float = Field(1.0, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the env constructor")
+
+    @property
+    def model_action_dim(self) -> int:
+        """Per-env-step action width the model sees: d, or the one-hot width ``num_actions``."""
+        return self.action_dim if self.num_actions is None else self.num_actions
+
+    @model_validator(mode="after")
+    def _check(self) -> EnvConfig:
+        if self.num_actions is not None and self.action_dim != 1:
+            raise ValueError(
+                f"env.action_dim must be 1 (the stored action index) when env.num_actions is set, got {self.action_dim}"
+            )
+        return self
 
 
 DinoName = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny"]

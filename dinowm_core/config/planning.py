@@ -47,7 +47,7 @@ class ObjectiveConfig(ConfigModel):
 
 
 class PlannerConfig(ConfigModel):
-    name: Literal["cem", "gd", "mpc_cem", "mpc_gd"] = "cem"
+    name: Literal["cem", "gd", "mpc_cem", "mpc_gd", "cem_discrete", "mpc_cem_discrete"] = "cem"
     horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
     cem: CEMConfig = Field(default_factory=CEMConfig)
     gd: GDConfig = Field(default_factory=GDConfig)
