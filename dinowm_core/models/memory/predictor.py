@@ -81,8 +81,14 @@ class TokenMixer(nn.Module):
                                  nn.Linear(2 * num_tokens, num_tokens))  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, P, D) -> (B, T, P, D), each frame mixed over its own P tokens only"""
-        return self.net(self.norm(x).transpose(-1, -2)).transpose(-1, -2)
+        """x (B, T, P, D) -> (B, T, P, D), each frame mixed over its own P tokens only.
+
+        The token-axis linears multiply from the left (``W @ x`` per frame), which needs no transposed copies."""
+        first, act, drop, second = self.net
+        h = torch.matmul(first.weight, self.norm(x))
+        h = drop(act(h + first.bias[:, None].to(h.dtype)))
+        out = torch.matmul(second.weight, h)
+        return out + second.bias[:, None].to(out.dtype)
 
 
 class Block(nn.Module):
