@@ -49,7 +49,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_ports() -> list[str]:
+def node_ports() -> list[str]:
     """Every per-node port Ray would otherwise take at a fixed default (or that a second node must not share)."""
     flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
              "--metrics-export-port", "--node-manager-port", "--object-manager-port")  # fmt: skip
@@ -127,7 +127,7 @@ class LocalCluster:
         log = open(log_path, "w")  # noqa: SIM115 - closed by stop() / kill()
         command = [sys.executable, "-m", "tests.ray.ray_start_local"] if local_join else [RAY]
         proc = subprocess.Popen([*command, "start", "--block", "--temp-dir", str(temp_dir), "--disable-usage-stats",
-                                 *args, *_node_ports()], env={**self.env, "TMPDIR": str(scratch), **env},
+                                 *args, *node_ports()], env={**self.env, "TMPDIR": str(scratch), **env},
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         node = Node(name, proc, temp_dir, log_path, log)
         self.nodes.append(node)
