@@ -148,6 +148,28 @@ class LocalCluster:
                 "--object-store-memory", str(object_store_mb * 1024**2), "--resources", json.dumps(resources)]  # fmt: skip
         return self._start(name, args, {}, local_join=True)
 
+    def start_pair(self, head: tuple[int, dict[str, float]], worker: tuple[int, dict[str, float]],
+                   attempts: int = 2, timeout_s: float = 120) -> None:  # fmt: skip
+        """A head and one worker node, each ``(num_cpus, custom resources)``, until both are alive.
+
+        ``ray start`` gives up when its raylet takes more than 30 s to register (seen on a machine under heavy
+        load): the pair is then stopped and started again, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            self.start_head(num_cpus=head[0], resources=head[1])
+            try:
+                self.wait_gcs(
+                    timeout_s=timeout_s
+                )  # the worker joins once the GCS answers, before the dashboard
+                self.start_worker(num_cpus=worker[0], resources=worker[1])
+                self.wait_nodes(2, timeout_s=timeout_s)
+                return
+            except TimeoutError:
+                if attempt == attempts:
+                    raise
+                self.stop()
+                self.nodes.clear()
+
     # ---- the dashboard's REST API (what `ray list ...` calls), with the cluster's token -------------------
 
     def api(self, path: str, timeout: float = 10) -> Any:

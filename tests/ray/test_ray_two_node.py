@@ -50,18 +50,12 @@ SMALL_PLANNER = (
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    root = Path(
-        tempfile.mkdtemp(prefix="dw2-", dir="/tmp")
-    )  # short: Ray's socket paths must stay < 108 bytes
+    # short: Ray's socket paths must stay < 108 bytes
+    root = Path(tempfile.mkdtemp(prefix="dw2-", dir="/tmp"))
     # Restarting the worker group waits for the returning node longer than Train's default 60 s on a busy machine.
     cluster = LocalCluster(root, env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "240"})
     try:
-        cluster.start_head(num_cpus=1, resources={HEAD: 1})
-        cluster.wait_gcs(
-            timeout_s=120
-        )  # the worker joins as soon as the GCS answers, before the dashboard is up
-        cluster.start_worker(num_cpus=1, resources={WORKER: 1})
-        cluster.wait_nodes(2, timeout_s=120)
+        cluster.start_pair(head=(1, {HEAD: 1}), worker=(1, {WORKER: 1}))
         yield cluster
     finally:
         stubborn = cluster.stop()
