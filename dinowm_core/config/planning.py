@@ -95,7 +95,7 @@ class PlannerConfig(ConfigModel):
 
 
 class EvalConfig(ConfigModel):
-    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
+    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/evaluation.md).
 
     The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
     reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
