@@ -21,11 +21,15 @@ def rate(name: str, img_size: int, seconds: float, render: bool) -> float:
     init, _ = env.sample_init_goal(0)
     env.reset(options={"state": init})
     rng = np.random.default_rng(0)
-    low, high = env.action_space.low, env.action_space.high
-    low, high = np.where(np.isfinite(low), low, -1.0), np.where(np.isfinite(high), high, 1.0)
+    space = env.action_space
+    if hasattr(space, "n"):  # discrete (four_rooms): an index
+        low, high = np.zeros(1), np.full(1, space.n - 1.0)
+    else:
+        low, high = space.low, space.high
+        low, high = np.where(np.isfinite(low), low, -1.0), np.where(np.isfinite(high), high, 1.0)
     n, start = 0, time.perf_counter()
     while True:
-        action = rng.uniform(low, high)
+        action = rng.integers(low, high + 1) if hasattr(space, "n") else rng.uniform(low, high)
         if render:
             env.step(action)
         else:

@@ -39,7 +39,7 @@ from dinowm_core.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
-OPEN_LOOP_PLANNERS = ("cem", "gd")
+OPEN_LOOP_PLANNERS = ("cem", "gd", "cem_discrete")
 #: goal sources whose goal lies goal_H model steps ahead (random_state / file goals have no such distance)
 DISTANCE_GOAL_SOURCES = ("dset", "random_action")
 #: ``presets.plan`` of a checkpoint exported by a planner sweep (``ray_jobs.tune_finish``): "sweep:<name>/<trial>"

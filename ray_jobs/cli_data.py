@@ -29,7 +29,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 @data_app.command("generate")
 def generate_cmd(
-    env: str = typer.Option(..., help="env name: wall, pusht, point_maze, reacher, rope, granular"),
+    env: str = typer.Option(
+        ..., help="env name: wall, pusht, point_maze, reacher, rope, granular, four_rooms"
+    ),
     episodes: int = typer.Option(..., min=1),
     steps: int = typer.Option(
         ...,
@@ -40,7 +42,11 @@ def generate_cmd(
     seed: int = typer.Option(0),
     workers: int = typer.Option(1, min=1, help="worker processes (the dataset does not depend on it)"),
     img_size: int = typer.Option(64, min=1),
-    policy: str = typer.Option("random", help="random | noisy_goal (wall, point_maze, reacher) | pusht_push"),
+    policy: str = typer.Option(
+        "random",
+        help="random | noisy_goal (wall, point_maze, reacher) | pusht_push | four_rooms_random, "
+        "four_rooms_explore, four_rooms_bfs, two_rooms_bfs (four_rooms)",
+    ),
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

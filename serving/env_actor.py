@@ -346,7 +346,7 @@ def evaluate_with_env_actors(
                     m = r.metrics
                     name = f"seed{seed}_ep{m.index:03d}_{'success' if m.success else 'failure'}.mp4"
                     write_episode_video(
-                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip
+                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip, maps=r.maps
                     )
                     result.videos.append(str(Path("videos") / name))
     finally:  # end the actors' sessions, then the actors (also on errors and interrupts)

@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 
 from dinowm_core.config import ConfigError, PlannerConfig
 from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
-from dinowm_core.planning.common import normalized_zero_action
+from dinowm_core.planning.common import discrete_action_set, normalized_zero_action
 from dinowm_core.planning.planner import Planner, PlanState, make_planner
 from dinowm_core.presets import apply_overrides
 from dinowm_core.training.artifacts import to_uint8
@@ -166,6 +166,7 @@ class PlanningService:
         self.zero_action = normalized_zero_action(
             self.adapter.normalizer, self.cfg.env.action_dim, self.cfg.frameskip
         ).to(self.device)
+        self.action_set = discrete_action_set(self.adapter.normalizer)  # a discrete env's one-hots, else None
         self.pad_singletons = self.device.type == "cpu"  # see the module docstring
         self._configs: _LRU[str, PlannerConfig | RequestError] = _LRU(256)
         self._planners: _LRU[str, Planner] = _LRU(16)
@@ -254,7 +255,8 @@ class PlanningService:
     def _planner(self, cfg: PlannerConfig) -> Planner:
         with self._lock:
             return self._planners.get_or_make(
-                cfg.model_dump_json(), lambda: make_planner(cfg, self.wm, zero_action=self.zero_action)
+                cfg.model_dump_json(),
+                lambda: make_planner(cfg, self.wm, zero_action=self.zero_action, action_set=self.action_set),
             )
 
     # ---- batched model calls ---------------------------------------------------------------------------

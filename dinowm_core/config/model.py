@@ -12,10 +12,18 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher"] = Field(
+    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms"] = Field(
         description="the environment (its simulator is in dinowm_core.envs)"
     )
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
+    num_actions: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "discrete envs (four_rooms): size of the action set. The stored action is its index (action_dim 1) "
+            "and the model sees its one-hot, so a model step's action is f concatenated one-hots; None = continuous"
+        ),
+    )
     proprio_dim: int = Field(gt=0, description="proprioceptive state dim (the model's proprio input)")
     state_dim: int = Field(gt=0, description="raw state dim (deformables: 4 x particles)")
     # Pixels per env action unit in the reference's PushT datasets (rel_actions.pth); the importer divides by
@@ -26,6 +34,19 @@ class EnvConfig(ConfigModel):
         description="pixels per env action unit in the reference's PushT datasets; the importer divides by it",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the env constructor")
+
+    @property
+    def model_action_dim(self) -> int:
+        """Per-env-step action width the model sees: d, or the one-hot width ``num_actions``."""
+        return self.action_dim if self.num_actions is None else self.num_actions
+
+    @model_validator(mode="after")
+    def _check(self) -> EnvConfig:
+        if self.num_actions is not None and self.action_dim != 1:
+            raise ValueError(
+                f"env.action_dim must be 1 (the stored action index) when env.num_actions is set, got {self.action_dim}"
+            )
+        return self
 
 
 DinoName = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny"]
@@ -71,15 +92,15 @@ class MemoryConfig(ConfigModel):
     """A memory predictor's memory (``dinowm_core/models/memory``): what is stored x how a block reads it.
 
     store: ``none``; retrieval stores ``neural`` (Titans fast-weight MLP), ``lookup`` (bounded bank, top-k);
-    recurrent cells ``ssm`` (diagonal linear SSM), ``selective_ssm`` (Mamba scan), ``mlstm`` (xLSTM matrix
-    memory); ``segment`` (Transformer-XL: the previous frames' keys/values). reader: ``context`` (memory tokens
+    recurrent cells ``ssm`` (diagonal linear SSM), ``selective_ssm`` (Mamba scan), ``ssd`` (Mamba-2 scan:
+    one decay per head), ``mlstm`` (xLSTM matrix memory); ``segment`` (Transformer-XL: the previous frames' keys/values). reader: ``context`` (memory tokens
     attended to, MAC), ``gate`` (MAG), ``cross_attention``, ``adanorm``, ``mixer`` (a cell as a temporal mixing
     sublayer in every block), ``none``.
     """
 
-    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "mlstm", "segment"] = Field(
+    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "ssd", "mlstm", "segment"] = Field(
         "none",
-        description="what the memory stores: none, neural, lookup, ssm, selective_ssm, mlstm or segment",
+        description="what the memory stores: none, neural, lookup, ssm, selective_ssm, ssd, mlstm or segment",
     )
     reader: Literal["none", "context", "gate", "cross_attention", "adanorm", "mixer"] = Field(
         "none",
@@ -92,7 +113,7 @@ class MemoryConfig(ConfigModel):
     capacity: int = Field(
         64, gt=0, description="lookup: entries kept per sample (FIFO); segment: frames of keys/values kept"
     )
-    state_dim: int = Field(16, gt=0, description="ssm / selective_ssm: state size per channel")
+    state_dim: int = Field(16, gt=0, description="ssm / selective_ssm / ssd: state size per channel")
     hidden: int | None = Field(None, gt=0, description="neural: fast-weight MLP width (None: 2 x width)")
     lr: float = Field(0.1, gt=0, description="neural: inner learning rate at init (data-dependent after)")
     momentum: float = Field(0.9, ge=0, lt=1, description="neural: surprise momentum at init")
@@ -110,6 +131,7 @@ class MemoryConfig(ConfigModel):
             "lookup": ("context", "cross_attention", "adanorm"),
             "ssm": ("mixer", "cross_attention"),
             "selective_ssm": ("mixer", "cross_attention"),
+            "ssd": ("mixer", "cross_attention"),
             "mlstm": ("mixer", "cross_attention"),
             "segment": ("none",),
         }[self.store]
@@ -145,10 +167,11 @@ class PredictorConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> PredictorConfig:
-        if self.name == "mamba" and (self.memory.store != "selective_ssm" or self.memory.reader != "mixer"):
+        scans = ("ssd", "selective_ssm")
+        if self.name == "mamba" and (self.memory.store not in scans or self.memory.reader != "mixer"):
             raise ValueError(
-                "predictor.name=mamba mixes frames with selective scans only: set "
-                "predictor.memory.store=selective_ssm and predictor.memory.reader=mixer"
+                "predictor.name=mamba mixes frames with selective scans only: set predictor.memory.store=ssd "
+                "(Mamba-2) or selective_ssm (Mamba-1) and predictor.memory.reader=mixer"
             )
         return self
 

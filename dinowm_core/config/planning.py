@@ -57,9 +57,10 @@ class ObjectiveConfig(ConfigModel):
 
 
 class PlannerConfig(ConfigModel):
-    name: Literal["cem", "gd", "mpc_cem", "mpc_gd"] = Field(
+    name: Literal["cem", "gd", "mpc_cem", "mpc_gd", "cem_discrete", "mpc_cem_discrete"] = Field(
         "cem",
-        description="cem / gd: one open-loop plan; mpc_cem / mpc_gd: replan after planner.mpc.n_taken_actions",
+        description="cem / gd: one open-loop plan; mpc_*: replan after planner.mpc.n_taken_actions; "
+        "*_discrete: CEM over a discrete action set (four_rooms)",
     )
     horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
     cem: CEMConfig = Field(default_factory=CEMConfig)

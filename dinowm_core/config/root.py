@@ -76,8 +76,8 @@ class Config(ConfigModel):
     # ---- derived values -------------------------------------------------------------------------
     @property
     def action_dim(self) -> int:
-        """Per-model-step action width after frameskip concatenation (f * d)."""
-        return self.env.action_dim * self.frameskip
+        """Per-model-step action width after frameskip concatenation (f * d; discrete: f * num_actions)."""
+        return self.env.model_action_dim * self.frameskip
 
     @property
     def num_side_patches(self) -> int:
@@ -113,7 +113,7 @@ class Config(ConfigModel):
 # continues from a checkpoint must keep them. Everything else (data, training schedule, planner, eval, output)
 # may change between attempts.
 MODEL_KEYS = (
-    "env.name", "env.action_dim", "env.proprio_dim", "env.state_dim", "env.action_scale",
+    "env.name", "env.action_dim", "env.num_actions", "env.proprio_dim", "env.state_dim", "env.action_scale",
     "encoder", "predictor", "decoder", "img_size", "frameskip", "num_hist", "num_pred", "concat",
     "action_emb_dim", "proprio_emb_dim", "num_action_repeat", "num_proprio_repeat", "training.has_decoder",
 )  # fmt: skip

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dinowm_core.data.policies import check_policy, make_policy
+from dinowm_core.data.policies import check_policy, make_policy, preset_env_kwargs
 from dinowm_core.data.store import Episode
 from dinowm_core.data.writer import ShardInfo, assemble, atomic_write_text, sha256_file, write_shard
 from dinowm_core.envs.base import PlanningEnv, make_env
@@ -137,7 +137,8 @@ def run_episode(
     frames, actions, states, proprio = [], [], [], []
     for _ in range(spec.steps):
         state = np.asarray(info["state"], np.float64)
-        action = np.asarray(policy(state), np.float64)
+        action = np.asarray(policy(state))
+        action = action.astype(np.int64 if action.dtype.kind in "iu" else np.float64)  # discrete: the index
         frames.append(obs["visual"])
         states.append(state)
         proprio.append(obs["proprio"])
@@ -166,6 +167,11 @@ def generate_shard(spec_dict: dict[str, Any], shard: int, partial_dir: str) -> d
     eps = spec.shard_episodes(shard)
     # actions are stored in env units
     info = write_shard(partial_dir, shard, simulate_shard(spec, shard), eps.start, 1.0)
+    num_actions = getattr(build_env(spec)[0], "num_actions", None)
+    if (
+        num_actions is not None
+    ):  # a discrete env: the stored index picks one of num_actions (the model's one-hot)
+        info.spaces["action"]["num_actions"] = int(num_actions)
     atomic_write_text(_sidecar(Path(partial_dir), shard), json.dumps(info.to_dict()))
     return info.to_dict()
 
@@ -318,8 +324,9 @@ def generate(
     """
     from tqdm import tqdm
 
+    env_kwargs = {**preset_env_kwargs(policy), **(env_kwargs or {})}  # e.g. two_rooms_bfs: layout=two_rooms
     spec = GenerationSpec(env_name, episodes, steps, seed, img_size, policy, episodes_per_shard,
-                          env_kwargs or {}, env_factory)  # fmt: skip
+                          env_kwargs, env_factory)  # fmt: skip
     partial, todo, done = prepare(spec, out)
     if max_shards is not None:
         todo = todo[:max_shards]

@@ -11,6 +11,13 @@ Two pieces:
 Actions are normalized *after* division by ``action_scale`` (PushT: relative pixels / 100), as the
 reference does; the stored action statistics are therefore statistics of ``action / action_scale``.
 Deviation: the reference hard-codes PushT's statistics; we always use the dataset's own statistics.
+
+Discrete actions (``num_actions`` set, e.g. four_rooms): the env action is an index, stored as (..., 1); the
+model space is its one-hot (..., num_actions), with no mean/std. :meth:`Normalizer.normalize_actions` maps
+indices to one-hots and :meth:`Normalizer.denormalize_actions` takes the argmax of each row, so a relaxed
+(continuous) plan also maps to valid env actions. Every caller that converts actions goes through these two
+methods (training windows, the evaluation adapter, the planning service), so the frameskip concatenation
+``(f d) -> f * num_actions`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ class Normalizer:
     proprio_mean: np.ndarray
     proprio_std: np.ndarray
     action_scale: float = 1.0
+    #: discrete actions: size of the action set (model space = one-hot); None = continuous
+    num_actions: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("action_mean", "action_std", "proprio_mean", "proprio_std"):
@@ -101,13 +110,25 @@ class Normalizer:
             raise ValueError("normalizer: mean and std shapes differ")
         if self.action_scale <= 0:
             raise ValueError(f"normalizer: action_scale must be positive, got {self.action_scale}")
+        if self.num_actions is not None and (self.num_actions < 2 or self.action_mean.shape != (1,)):
+            raise ValueError(
+                f"normalizer: discrete actions need num_actions >= 2 and a 1-dim stored index, got "
+                f"num_actions={self.num_actions}, action dim {self.action_mean.shape[0]}"
+            )
+
+    @property
+    def model_action_dim(self) -> int:
+        """Per-step width of an action in model space (d, or num_actions for a one-hot)."""
+        return self.action_mean.shape[0] if self.num_actions is None else int(self.num_actions)
 
     @staticmethod
     def _safe(std: np.ndarray) -> np.ndarray:
         return np.where(std < MIN_STD, 1.0, std)
 
     @classmethod
-    def identity(cls, action_dim: int, proprio_dim: int, action_scale: float = 1.0) -> Normalizer:
+    def identity(
+        cls, action_dim: int, proprio_dim: int, action_scale: float = 1.0, num_actions: int | None = None
+    ) -> Normalizer:
         """Reference behaviour with ``normalize_action=False``: mean 0, std 1 (actions still scaled)."""
         return cls(
             np.zeros(action_dim),
@@ -115,14 +136,18 @@ class Normalizer:
             np.zeros(proprio_dim),
             np.ones(proprio_dim),
             action_scale,
+            num_actions,
         )
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], enabled: bool = True) -> Normalizer:
         spaces = manifest["spaces"]
         scale = float(manifest["env"].get("action_scale", 1.0))
+        num_actions = spaces["action"].get("num_actions")
         if not enabled:
-            return cls.identity(spaces["action"]["shape"][0], spaces["proprio"]["shape"][0], scale)
+            return cls.identity(
+                spaces["action"]["shape"][0], spaces["proprio"]["shape"][0], scale, num_actions
+            )
         stats = manifest["normalization"]
         return cls(
             stats["action"]["mean"],
@@ -130,19 +155,52 @@ class Normalizer:
             stats["proprio"]["mean"],
             stats["proprio"]["std"],
             scale,
+            num_actions,
         )
 
     def normalize_actions(self, a: Any) -> Any:
-        """Env-unit actions ``(..., d)`` -> model space: ``(a / action_scale - mean) / std``."""
+        """Env-unit actions ``(..., d)`` -> model space: ``(a / action_scale - mean) / std`` (discrete: indices
+        ``(..., 1)`` -> one-hots ``(..., num_actions)``)."""
+        if self.num_actions is not None:
+            return self._one_hot(a)
         return (a / self.action_scale - _as_tensor_like(a, self.action_mean)) / _as_tensor_like(
             a, self._safe(self.action_std)
         )
 
     def denormalize_actions(self, a: Any) -> Any:
-        """Model-space actions ``(..., d)`` -> env units (inverse of :meth:`normalize_actions`)."""
+        """Model-space actions ``(..., d)`` -> env units (inverse of :meth:`normalize_actions`; discrete: the
+        argmax of each ``(..., num_actions)`` row, as an index ``(..., 1)``)."""
+        if self.num_actions is not None:
+            if a.shape[-1] != self.num_actions:
+                raise ValueError(
+                    f"normalizer: expected (..., {self.num_actions}) one-hots, got {tuple(a.shape)}"
+                )
+            idx = a.argmax(-1)[..., None]
+            torch = sys.modules.get("torch")
+            if torch is not None and isinstance(idx, torch.Tensor):
+                return idx.to(a.dtype if a.dtype.is_floating_point else torch.float64)
+            return idx.astype(np.float64)
         return (
             a * _as_tensor_like(a, self._safe(self.action_std)) + _as_tensor_like(a, self.action_mean)
         ) * (self.action_scale)
+
+    def _one_hot(self, a: Any) -> Any:
+        k = int(self.num_actions)  # type: ignore[arg-type]
+        if a.shape[-1] != 1:
+            raise ValueError(f"normalizer: discrete actions are indices (..., 1), got {tuple(a.shape)}")
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(a, torch.Tensor):
+            idx = a[..., 0].round().long()
+            if bool(((idx < 0) | (idx >= k) | (idx != a[..., 0])).any()):
+                raise ValueError(f"normalizer: discrete actions must be whole numbers in [0, {k})")
+            return torch.nn.functional.one_hot(idx, k).to(
+                a.dtype if a.dtype.is_floating_point else torch.float32
+            )
+        a = np.asarray(a)
+        idx = np.rint(a[..., 0]).astype(np.int64)
+        if np.any((idx < 0) | (idx >= k) | (idx != a[..., 0])):
+            raise ValueError(f"normalizer: discrete actions must be whole numbers in [0, {k})")
+        return np.eye(k, dtype=a.dtype if a.dtype.kind == "f" else np.float32)[idx]
 
     def normalize_proprio(self, p: Any) -> Any:
         return (p - _as_tensor_like(p, self.proprio_mean)) / _as_tensor_like(p, self._safe(self.proprio_std))
@@ -151,18 +209,21 @@ class Normalizer:
         return p * _as_tensor_like(p, self._safe(self.proprio_std)) + _as_tensor_like(p, self.proprio_mean)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "action_mean": self.action_mean.tolist(),
             "action_std": self.action_std.tolist(),
             "proprio_mean": self.proprio_mean.tolist(),
             "proprio_std": self.proprio_std.tolist(),
             "action_scale": self.action_scale,
         }
+        if self.num_actions is not None:  # only for discrete envs: continuous checkpoints stay byte-identical
+            out["num_actions"] = int(self.num_actions)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalizer:
         keys = {"action_mean", "action_std", "proprio_mean", "proprio_std", "action_scale"}
-        missing, extra = keys - set(d), set(d) - keys
+        missing, extra = keys - set(d), set(d) - keys - {"num_actions"}
         if missing or extra:
             raise ValueError(f"normalizer dict: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
-        return cls(**{k: d[k] for k in keys})
+        return cls(**{k: d[k] for k in keys}, num_actions=d.get("num_actions"))

@@ -1,4 +1,5 @@
-"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal`` and ``pusht_push``.
+"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal`` and ``pusht_push``;
+the ``four_rooms_*`` / ``two_rooms_bfs`` presets live in :mod:`dinowm_core.data.four_rooms_policies`.
 
 A policy is built per episode with its own ``numpy.random.Generator`` (derived from the dataset seed and the
 episode index), sees only the raw env state and returns an action in env units. :func:`make_policy` checks
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dinowm_core.data import four_rooms_policies
 from dinowm_core.envs.base import PlanningEnv
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -27,13 +29,17 @@ def action_bounds(env: PlanningEnv) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RandomPolicy:
-    """Uniform in the action box, independent across steps."""
+    """Uniform in the action box (a discrete env: uniform over its action indices), independent across steps."""
 
     def __init__(self, env: PlanningEnv, rng: np.random.Generator) -> None:
-        self.low, self.high = action_bounds(env)
+        self.num_actions = getattr(env, "num_actions", None)
+        if self.num_actions is None:
+            self.low, self.high = action_bounds(env)
         self.rng = rng
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
+        if self.num_actions is not None:
+            return np.array([self.rng.integers(self.num_actions)], np.int64)
         return self.rng.uniform(self.low, self.high)
 
 
@@ -158,6 +164,7 @@ POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
     "random": (RandomPolicy, None),
     "noisy_goal": (NoisyGoalPolicy, tuple(_GOAL_GAINS)),
     "pusht_push": (PushTPolicy, ("pusht",)),
+    **{name: (cls, ("four_rooms",)) for name, cls in four_rooms_policies.POLICIES.items()},
 }
 
 
@@ -172,6 +179,11 @@ def check_policy(name: str, env_name: str) -> None:
             f"policy {name!r} supports envs {', '.join(envs)}, not {env_name!r} "
             f"(policies for {env_name}: {', '.join(usable)})"
         )
+
+
+def preset_env_kwargs(name: str) -> dict[str, Any]:
+    """Env kwargs that policy preset ``name`` needs (``two_rooms_bfs``: the two-rooms layout)."""
+    return dict(four_rooms_policies.PRESET_ENV_KWARGS.get(name, {}))
 
 
 def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy:

@@ -76,7 +76,8 @@ def episodes_table_schema() -> pa.Schema:
 
 @dataclass
 class Episode:
-    """One episode of T steps: ``frames`` uint8 (T, H, W, 3), ``actions`` (T, d), ``states``, ``proprio``."""
+    """One episode of T steps: ``frames`` uint8 (T, H, W, 3), ``actions`` (T, d) float32 (or int64 indices of a
+    discrete env, d = 1), ``states``, ``proprio``."""
 
     frames: np.ndarray
     actions: np.ndarray
@@ -99,7 +100,9 @@ class Episode:
             ("proprio", proprio, np.float32),
         ):
             x = np.asarray(x)
-            if x.dtype.kind != "f":
+            if name == "actions" and x.dtype.kind in "iu":
+                x = x.astype(np.int64)  # a discrete env's action index (four_rooms), kept exact
+            elif x.dtype.kind != "f":
                 x = x.astype(default or np.float32)
             elif default is not None:
                 x = x.astype(default)

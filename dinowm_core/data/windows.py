@@ -60,7 +60,7 @@ class TrajectoryDataset(Dataset):
         self.normalizer = normalizer or Normalizer.from_manifest(store.manifest)
         self.img_size = img_size
         spaces = store.manifest["spaces"]
-        self.action_dim = spaces["action"]["shape"][0]
+        self.action_dim = self.normalizer.model_action_dim  # d, or the one-hot width of a discrete env
         self.proprio_dim = spaces["proprio"]["shape"][0]
         self.state_dim = spaces["state"]["shape"][0]
 
@@ -131,7 +131,7 @@ class WindowDataset(Dataset):
             or [np.zeros((0, 2), np.int64)]
         ).astype(np.int64)
         base = store.manifest["spaces"]
-        self.action_dim = base["action"]["shape"][0] * frameskip
+        self.action_dim = self.normalizer.model_action_dim * frameskip  # f one-hots for a discrete env
         self.proprio_dim = base["proprio"]["shape"][0]
         self.state_dim = base["state"]["shape"][0]
 
@@ -226,6 +226,10 @@ def _check_windows(manifest: dict[str, Any], cfg: Config, path: str) -> None:
             )
 
 
+def _describe(num_actions: int | None) -> str:
+    return "continuous" if num_actions is None else f"indices of {num_actions} discrete actions"
+
+
 def check_compatible(manifest: dict[str, Any], cfg: Config, path: str, *, windows: bool = True) -> None:
     """The dataset must be for ``cfg.env`` (name and per-step dims) and, with ``windows``, hold at least one
     training window (and one validation window when the val split has episodes) for ``cfg``; the error names
@@ -244,6 +248,12 @@ def check_compatible(manifest: dict[str, Any], cfg: Config, path: str, *, window
             raise DatasetError(
                 f"{path}: dataset {key} = {got}, config env.{key} = {want} (env {cfg.env.name})"
             )
+    stored_k = spaces["action"].get("num_actions")
+    if stored_k != cfg.env.num_actions:
+        raise DatasetError(
+            f"{path}: dataset actions are {_describe(stored_k)}, config env.num_actions = {cfg.env.num_actions} "
+            f"(env {cfg.env.name})"
+        )
     stored = int(spaces["image"]["shape"][0])
     if stored != cfg.img_size and not cfg.data.allow_resize:
         raise DatasetError(

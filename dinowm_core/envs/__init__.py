@@ -1,6 +1,6 @@
 """Planning environments. Importing this package registers the gymnasium ids ``dinowm/*-v0``.
 
-Entry points are strings, so the simulators (MuJoCo, pymunk) are imported only when an env is made.
+Entry points are strings, so the simulators (MuJoCo, pymunk, MiniGrid) are imported only when an env is made.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -14,6 +14,7 @@ _ENTRY_POINTS = {
     "rope": "dinowm_core.envs.deformable:RopeEnv",
     "granular": "dinowm_core.envs.deformable:GranularEnv",
     "reacher": "dinowm_core.envs.reacher:ReacherEnv",
+    "four_rooms": "dinowm_core.envs.four_rooms:FourRoomsEnv",
 }
 
 for _name, _entry in _ENTRY_POINTS.items():

@@ -42,7 +42,9 @@ class ModelAdapter:
         if wm.normalization is None:
             log.warning("checkpoint has no normalization statistics: using identity normalization")
             # stores hold env units (the importer converts PushT's pixel actions), so no action scale here
-            self.normalizer = Normalizer.identity(cfg.env.action_dim, cfg.env.proprio_dim)
+            self.normalizer = Normalizer.identity(
+                cfg.env.action_dim, cfg.env.proprio_dim, num_actions=cfg.env.num_actions
+            )
         else:
             self.normalizer = Normalizer.from_dict(wm.normalization)
 

@@ -45,6 +45,11 @@ class EpisodeRunner:
         # The obs at every model step (each frameskip env steps), to compare with the model's imagination.
         self.model_step_obs: list[Obs] = [obs]
         self.frames: list[np.ndarray] = [obs["visual"]] if record else []
+        # A partially observed env (four_rooms) also draws the whole map, with the goal cell, for the video.
+        self.maps: list[np.ndarray] = []
+        self._map = getattr(self.env, "render_full", None) if record else None
+        if self._map is not None:
+            self.maps.append(self._map(goal=target.goal_state))
         self._measure(info["state"])
         return obs
 
@@ -79,6 +84,8 @@ class EpisodeRunner:
                 self.model_step_obs.append(self.obs)
             if self.record:
                 self.frames.append(self.obs["visual"])
+                if self._map is not None:
+                    self.maps.append(self._map(goal=self.target.goal_state))
             self._measure(info["state"])
         if self.oracle_stop and n > 0 and self.last_eval["success"]:
             self.stopped_by_oracle = True
@@ -107,6 +114,7 @@ class EpisodeRunner:
             actions=np.stack(self.actions) if self.actions else np.zeros((0, d)),
             frames=np.stack(self.frames) if self.record else None,
             goal_visual=self.target.goal_obs.get("visual"),
+            maps=np.stack(self.maps) if self.maps else None,
         )
 
 
@@ -145,7 +153,10 @@ class EpisodeGroup:
         self.n_active = 0
 
     def action_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the env's action box; a discrete env: its index range [0, n - 1]."""
         space = self.runners[0].env.action_space
+        if hasattr(space, "n"):
+            return np.zeros(1), np.array([space.n - 1], np.float64)
         return np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
 
     def reset(self, targets: list[Target], indices: list[int], record: list[bool]) -> None:

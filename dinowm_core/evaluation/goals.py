@@ -139,7 +139,8 @@ def dset_target(
     actions = store.actions(ep, start, start + n_steps)
     source = "dset"
     if random_actions is not None:
-        normalized = rng.standard_normal(actions.shape)
+        # (T, model width): a discrete env's random one-hot scores, whose argmax is a uniform random action
+        normalized = rng.standard_normal((len(actions), random_actions.model_action_dim))
         actions = np.asarray(random_actions.denormalize_actions(normalized), np.float64)
         source = "random_action"
     origin = {"source": source, "episode": ep, "start": start}

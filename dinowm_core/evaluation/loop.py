@@ -257,7 +257,7 @@ def run_evaluation(
                     m = r.metrics
                     name = f"seed{seed}_ep{m.index:03d}_{'success' if m.success else 'failure'}.mp4"
                     write_episode_video(
-                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip
+                        out / "videos" / name, r.frames, r.imagined, r.goal_visual, cfg.frameskip, maps=r.maps
                     )
                     result.videos.append(str(Path("videos") / name))
     if out is not None:
@@ -328,11 +328,11 @@ def evaluate(
 def check_model_env(cfg: Config, model_cfg: Config) -> None:
     """The evaluation config must fit the checkpoint: same env, and the model's action input must be the
     env's per-step action dim times frameskip (its proprio input the env's proprio dim)."""
-    want = cfg.env.action_dim * cfg.frameskip
+    want = cfg.action_dim
     if model_cfg.action_dim != want:
         raise ValueError(
             f"checkpoint action dim {model_cfg.action_dim} != env {cfg.env.name!r} action dim "
-            f"{cfg.env.action_dim} x frameskip {cfg.frameskip} = {want}"
+            f"{cfg.env.model_action_dim} x frameskip {cfg.frameskip} = {want}"
         )
     if model_cfg.env.name != cfg.env.name or model_cfg.env.proprio_dim != cfg.env.proprio_dim:
         raise ValueError(

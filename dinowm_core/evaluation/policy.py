@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dinowm_core.evaluation.adapter import ModelAdapter
-from dinowm_core.planning.common import normalized_zero_action
+from dinowm_core.planning.common import discrete_action_set, normalized_zero_action
 from dinowm_core.planning.planner import Planner, PlanState, make_planner
 
 Obs = dict[str, np.ndarray]
@@ -70,12 +70,13 @@ class RandomPolicy:
 
     closed_loop = True
 
-    def __init__(self, low: np.ndarray, high: np.ndarray, chunk: int) -> None:
+    def __init__(self, low: np.ndarray, high: np.ndarray, chunk: int, *, discrete: bool = False) -> None:
         self.low, self.high, self.chunk = (
             np.asarray(low, np.float64),
             np.asarray(high, np.float64),
             int(chunk),
         )
+        self.discrete = discrete  # whole numbers in [low, high] (a discrete env's action indices)
         if not np.all(np.isfinite(self.low) & np.isfinite(self.high)):
             raise ValueError("the random baseline needs a bounded action box")
         self.rngs: list[np.random.Generator] = []
@@ -84,6 +85,11 @@ class RandomPolicy:
         self.rngs = [np.random.default_rng([int(s), 0x5EED]) for s in episode_seeds]
 
     def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
+        if self.discrete:
+            shape = (self.chunk, len(self.low))
+            return np.stack(
+                [r.integers(self.low, self.high + 1, shape).astype(np.float64) for r in self.rngs]
+            )
         return np.stack([r.uniform(self.low, self.high, (self.chunk, len(self.low))) for r in self.rngs])
 
 
@@ -97,8 +103,15 @@ def build_policy(
         if action_box is None:
             raise ValueError("the random baseline needs the env's action box")
         n_taken = p.mpc.n_taken_actions if p.name.startswith("mpc_") else p.horizon
-        return RandomPolicy(*action_box, chunk=cfg.frameskip * n_taken)
+        discrete = cfg.env.num_actions is not None
+        return RandomPolicy(*action_box, chunk=cfg.frameskip * n_taken, discrete=discrete)
     if adapter is None:
         raise ValueError(f"planner {p.name} needs a world model")
     zero = normalized_zero_action(adapter.normalizer, cfg.env.action_dim, cfg.frameskip).to(adapter.device)
-    return ModelPolicy(adapter, make_planner(p, adapter.wm, zero_action=zero))
+    action_set = discrete_action_set(adapter.normalizer)
+    if p.name.endswith("cem_discrete") and action_set is None:
+        raise ValueError(
+            f"planner.name={p.name} plans over a discrete action set, but env {cfg.env.name} is continuous "
+            "(env.num_actions is not set)"
+        )
+    return ModelPolicy(adapter, make_planner(p, adapter.wm, zero_action=zero, action_set=action_set))

@@ -78,3 +78,6 @@ class EpisodeOutcome:
     goal_visual: np.ndarray | None
     #: decoded imagined frames (T_env / frameskip + 1, H, W, 3), added by the model side
     imagined: np.ndarray | None = None
+    #: top-down frames (T_env + 1, h, w, 3) of a recorded episode in a partially observed env (four_rooms:
+    #: ``render_full``), a video panel only, never seen by the model; None elsewhere
+    maps: np.ndarray | None = None

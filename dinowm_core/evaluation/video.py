@@ -27,10 +27,17 @@ def _fit(frame: np.ndarray, size: int) -> np.ndarray:
 
 
 def episode_panels(
-    real: np.ndarray, imagined: np.ndarray | None, goal: np.ndarray, frameskip: int
+    real: np.ndarray,
+    imagined: np.ndarray | None,
+    goal: np.ndarray,
+    frameskip: int,
+    maps: np.ndarray | None = None,
 ) -> np.ndarray:
-    """real (T+1, H, W, 3), imagined (M+1, h, w, 3) or None, goal (H, W, 3) -> (T+1, H, 3W, 3) uint8."""
-    size = real.shape[1]
+    """real (T+1, H, W, 3), imagined (M+1, h, w, 3) or None, goal (H, W, 3) -> (T+1, H, 3W, 3) uint8.
+
+    ``maps`` (T+1, S, S, 3): a partially observed env's top-down frames, a fourth panel; every panel is then
+    drawn at the map's size S (the model's small frames scaled up)."""
+    size = real.shape[1] if maps is None else maps.shape[1]
     goal = _fit(goal, size)
     frames = []
     for t, frame in enumerate(real):
@@ -38,7 +45,10 @@ def episode_panels(
             dream = _fit(imagined[min(t // frameskip, len(imagined) - 1)], size)
         else:
             dream = np.zeros_like(frame)  # no decoder: a black panel
-        frames.append(np.concatenate([frame, dream, goal], axis=1))
+        panels = [_fit(frame, size), _fit(dream, size), goal]
+        if maps is not None:
+            panels.append(_fit(maps[min(t, len(maps) - 1)], size))
+        frames.append(np.concatenate(panels, axis=1))
     video = np.stack(frames)
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     if pad_h or pad_w:
@@ -47,12 +57,18 @@ def episode_panels(
 
 
 def write_episode_video(
-    path: str | Path, real: np.ndarray, imagined: np.ndarray | None, goal: np.ndarray, frameskip: int
+    path: str | Path,
+    real: np.ndarray,
+    imagined: np.ndarray | None,
+    goal: np.ndarray,
+    frameskip: int,
+    *,
+    maps: np.ndarray | None = None,
 ) -> Path:
     import imageio.v3 as iio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    video = episode_panels(real, imagined, goal, frameskip)
+    video = episode_panels(real, imagined, goal, frameskip, maps)
     iio.imwrite(path, video, plugin="pyav", codec="libx264", fps=FPS)
     return path

@@ -40,7 +40,8 @@ def model_summary(wm: WorldModel) -> dict[str, Any]:
         f"  image {cfg.img_size}px -> encoder input {cfg.encoder_img_size}px -> {cfg.num_visual_tokens} tokens"
         f" x {wm.visual_dim}; latent width {wm.emb_dim}",
         f"  frameskip {cfg.frameskip}, num_hist {cfg.num_hist}, num_pred {cfg.num_pred},"
-        f" action {cfg.env.action_dim} x {cfg.frameskip} = {cfg.action_dim}",
+        f" action {cfg.env.model_action_dim}{' (one-hot)' if cfg.env.num_actions else ''} x {cfg.frameskip}"
+        f" = {cfg.action_dim}",
         "  parameters (trainable):",
     ]
     for k in parts:

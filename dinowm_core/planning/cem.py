@@ -9,7 +9,8 @@ Deliberate deviations: optional action bounds (clamp; the reference has none), n
 stop (the reference stops once every episode succeeds in the env, an oracle), and the returned loss is the
 objective of the returned mean (one extra rollout of B sequences).
 
-``cem_discrete`` is the categorical variant for envs with a fixed discrete action set.
+``cem_discrete`` is the categorical variant for envs with a discrete action set (four_rooms), factorised over
+the frameskip sub-steps of each model step.
 """
 
 from __future__ import annotations
@@ -83,14 +84,23 @@ def cem_discrete(
     cfg: CEMConfig,
     action_set: torch.Tensor,
     *,
+    init: torch.Tensor | None = None,
     smoothing: float = 0.1,
     generator: Generators = None,
 ) -> PlanResult:
-    """CEM over a fixed action set (K, A) in model space: a categorical per step, refit to elite frequencies.
+    """CEM over a fixed action set: categoricals refit to elite frequencies (B, H, A) actions for ``problem``.
+
+    ``action_set`` (K, d) holds the rows one env step can take, in model space (a discrete env's one-hots,
+    :func:`~dinowm_core.planning.common.discrete_action_set`). A model step's action is ``f = A / d`` rows
+    concatenated (frameskip), so there are K^f model actions per step; rather than enumerate them, the
+    distribution factorises into one categorical per env sub-step, ``(B, H * f, K)``. With ``d = A`` (f = 1)
+    this is the plain per-step categorical over K model actions.
 
     ``cfg`` gives the samples, elites and iterations (``var_scale`` is unused). The new distribution is
     ``(1 - smoothing) * elite_frequency + smoothing * old`` (keeps every action reachable); sample 0 is the
-    current mode. Returns the mode's actions and ``info["indices"]`` (B, H).
+    current mode. ``init`` (B, <=H, A) warm-starts it (MPC): each sub-step's nearest row of the action set (largest
+    dot product) gets probability 1/2, the others share the rest. Returns the mode's actions,
+    ``info["indices"]`` (B, H * f) and ``info["probs"]`` (B, H * f, K).
     """
     n, topk = cfg.num_samples, cfg.topk
     if not 1 <= topk <= n:
@@ -98,29 +108,46 @@ def cem_discrete(
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if action_set.ndim != 2 or action_set.shape[0] < 1:
-        raise ValueError(f"action_set must be (K, A), got {tuple(action_set.shape)}")
-    if action_set.shape[1] != problem.action_dim:
+        raise ValueError(f"action_set must be (K, d), got {tuple(action_set.shape)}")
+    d = action_set.shape[1]
+    if problem.action_dim % d:
         raise ValueError(
-            f"action_set has action dim {action_set.shape[1]} but the world model expects {problem.action_dim}"
+            f"action_set rows have width {d}, which does not divide the world model's action dim "
+            f"{problem.action_dim} (frameskip x per-step width)"
         )
+    problem.check_init(init)
     b, h, device = problem.batch_size, problem.horizon, problem.device
+    f, a_dim = problem.action_dim // d, problem.action_dim
     action_set = action_set.to(device, torch.float32)
     k = action_set.shape[0]
-    probs = torch.full((b, h, k), 1.0 / k, device=device)
+    probs = torch.full((b, h * f, k), 1.0 / k, device=device)
+    if init is not None:
+        steps = init.shape[1] * f
+        nearest = (init.to(device, torch.float32).reshape(b, steps, d) @ action_set.T).argmax(-1)
+        probs[:, :steps] = 0.5 / k + 0.5 * torch.nn.functional.one_hot(nearest, k)
     episode = torch.arange(b, device=device).repeat_interleave(n)
-    best = []
-    for _ in range(cfg.opt_steps):
-        idx = multinomial(probs, n, generator)  # (B, N, H)
+    best, step_s = [], []
+    for _ in timed_steps(cfg.opt_steps, step_s):
+        # ---- sample per env sub-step; sample 0 is the mode ----
+        idx = multinomial(probs, n, generator)  # (B, N, H * f)
         idx[:, 0] = probs.argmax(-1)
-        loss = problem.loss(action_set[idx].flatten(0, 1), episode)
+        # ---- score all B*N sequences in one batched rollout ----
+        actions = action_set[idx].reshape(b * n, h, a_dim)  # (B*N, H, f*d): f rows per model step
+        loss = problem.loss(actions, episode)
+        # ---- refit each categorical to the elites' frequencies ----
         top_loss, top = loss.view(b, n).topk(topk, dim=1, largest=False)
-        elite_idx = idx.gather(1, top[:, :, None].expand(-1, -1, h))  # (B, K, H)
-        freq = torch.nn.functional.one_hot(elite_idx, k).float().mean(dim=1)  # (B, H, K)
+        elite_idx = idx.gather(1, top[:, :, None].expand(-1, -1, h * f))  # (B, K_elite, H * f)
+        freq = torch.nn.functional.one_hot(elite_idx, k).float().mean(dim=1)  # (B, H * f, K)
         probs = (1 - smoothing) * freq + smoothing * probs
         best.append(top_loss[:, 0])
     mode = probs.argmax(-1)
-    actions = action_set[mode]
+    actions = action_set[mode].reshape(b, h, a_dim)
     final = problem.loss(actions)
-    return PlanResult(
-        actions=actions, loss=final, info={"indices": mode, "probs": probs, "best_loss": torch.stack(best)}
-    )
+    info = {
+        "indices": mode,
+        "probs": probs,
+        "best_loss": torch.stack(best),
+        "step_s": step_s,
+        "n_rollouts": cfg.opt_steps * b * n + b,
+    }
+    return PlanResult(actions=actions, loss=final, info=info)

@@ -79,6 +79,14 @@ def normalized_zero_action(normalizer: Any, action_dim: int, frameskip: int) -> 
     return torch.as_tensor(normalizer.normalize_actions(zero)).repeat(frameskip).float()
 
 
+def discrete_action_set(normalizer: Any) -> torch.Tensor | None:
+    """A discrete env's per-env-step action rows in model space: the one-hots (K, K); None if continuous.
+
+    ``cem_discrete`` concatenates ``frameskip`` of them into a model action."""
+    k = getattr(normalizer, "num_actions", None)
+    return None if k is None else torch.eye(int(k))
+
+
 # ---- randomness -----------------------------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 CEM and GD are optimizers of one :class:`~dinowm_core.planning.problem.PlanProblem`; a :class:`Planner` wraps
 either, open loop or receding horizon (MPC, reference section 5.6) depending on the config alone
-(``planner.name``: ``cem``, ``gd``, ``mpc_cem``, ``mpc_gd``). An MPC plan executes its first
+(``planner.name``: ``cem``, ``gd``, ``mpc_cem``, ``mpc_gd``; ``cem_discrete``, ``mpc_cem_discrete`` for a discrete
+env, over the ``action_set`` passed to :func:`make_planner`). An MPC plan executes its first
 ``n_taken_actions`` steps and keeps the untaken tail as the next plan's warm start (padded up to H by the
 optimizer); an open-loop plan is executed whole.
 
@@ -27,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dinowm_core.config import PlannerConfig
-from dinowm_core.planning.cem import cem
+from dinowm_core.planning.cem import cem, cem_discrete
 from dinowm_core.planning.common import ActionBounds, Obs, PlanResult
 from dinowm_core.planning.gd import gd
 from dinowm_core.planning.problem import PlanProblem
@@ -154,12 +155,18 @@ class Planner:
         bounds: ActionBounds | None = None,
         zero_action: torch.Tensor | None = None,
         action_dim: int | None = None,
+        action_set: torch.Tensor | None = None,
     ) -> None:
         self.cfg, self.wm, self.bounds = cfg, wm, bounds
-        self.zero_action, self.action_dim = zero_action, action_dim
+        self.zero_action, self.action_dim, self.action_set = zero_action, action_dim, action_set
         self.kind = cfg.name.removeprefix("mpc_")
-        if self.kind not in ("cem", "gd"):
+        if self.kind not in ("cem", "gd", "cem_discrete"):
             raise ValueError(f"unknown planner {cfg.name!r}")
+        if self.kind == "cem_discrete" and action_set is None:
+            raise ValueError(
+                f"planner.name={cfg.name} needs the env's discrete action set (action_set): a discrete env "
+                "(env.num_actions) and its checkpoint's normalizer provide it"
+            )
         self.closed_loop = cfg.name.startswith("mpc_")
         self.n_execute = cfg.mpc.n_taken_actions if self.closed_loop else cfg.horizon
         if not 1 <= self.n_execute <= cfg.horizon:
@@ -205,11 +212,16 @@ class Planner:
         problem = PlanProblem(
             self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
             context_actions=context, bounds=self.bounds, memory=memory or None,
-            chunk_size=self.cfg.cem.chunk_size if self.kind == "cem" else None, action_dim=self.action_dim,
+            chunk_size=self.cfg.cem.chunk_size if self.kind in ("cem", "cem_discrete") else None,
+            action_dim=self.action_dim,
         )  # fmt: skip
         gens = state.generators()
         if self.kind == "cem":
             result = cem(problem, self.cfg.cem, init=state.warm_start, generator=gens)
+        elif self.kind == "cem_discrete":
+            result = cem_discrete(
+                problem, self.cfg.cem, self.action_set, init=state.warm_start, generator=gens
+            )  # type: ignore[arg-type]
         else:
             result = gd(
                 problem, self.cfg.gd, init=state.warm_start, generator=gens, zero_action=self.zero_action
@@ -271,10 +283,14 @@ def make_planner(
     bounds: ActionBounds | None = None,
     zero_action: torch.Tensor | None = None,
     action_dim: int | None = None,
+    action_set: torch.Tensor | None = None,
 ) -> Planner:
     """The planner that ``cfg`` (``planner.*``) names, for world model ``wm``.
 
     ``bounds``: optional box in model action space (the reference has none); ``zero_action`` (A,): the env's
-    no-op in model space for GD's ``sample_type=zero``; ``action_dim``: only for models without an action encoder.
+    no-op in model space for GD's ``sample_type=zero``; ``action_dim``: only for models without an action encoder;
+    ``action_set`` (K, d): the rows one env step can take (``cem_discrete``; see ``discrete_action_set``).
     """
-    return Planner(cfg, wm, bounds=bounds, zero_action=zero_action, action_dim=action_dim)
+    return Planner(
+        cfg, wm, bounds=bounds, zero_action=zero_action, action_dim=action_dim, action_set=action_set
+    )

@@ -8,6 +8,7 @@ import torch
 
 from dinowm_core.models.memory.base import RecurrentCell, State, select_state
 from dinowm_core.models.memory.mlstm import mLSTMMemory
+from dinowm_core.models.memory.ssd import SelectiveSSD, head_count
 from dinowm_core.models.memory.ssm import SelectiveSSM, SSMMemory
 
 DIM, TOKENS = 16, 3
@@ -17,11 +18,13 @@ FACTORIES = {
     "ssm": lambda: SSMMemory(DIM, num_tokens=TOKENS, state_dim=8),
     # chunk 4: 13 frames make four chunks, and commit=2 falls inside the first one
     "selective": lambda: SelectiveSSM(DIM, num_tokens=TOKENS, state_dim=8, expand=2, chunk=4),
+    "ssd": lambda: SelectiveSSD(DIM, num_tokens=TOKENS, state_dim=8, expand=2, head_dim=8, chunk=4),
     "mlstm": lambda: mLSTMMemory(DIM, num_tokens=TOKENS, heads=2, head_dim=8),
 }
 STATE_SHAPES = {
     "ssm": {"h": (TOKENS, DIM, 8)},
     "selective": {"h": (TOKENS, 2 * DIM, 8)},
+    "ssd": {"h": (TOKENS, 8, 4, 8)},  # N = 8, 32 channels in 4 heads of 8
     "mlstm": {"C": (TOKENS, 2, 8, 8), "n": (TOKENS, 2, 8), "m": (TOKENS, 2)},
 }
 
@@ -199,3 +202,8 @@ def test_commit_out_of_range_is_refused(kind):
     cell = make_cell(kind)
     with pytest.raises(ValueError, match="commit"):
         cell.scan(frames(1, 3, 9), cell.init_state(1), commit=4)
+
+
+def test_ssd_heads_split_the_channels_evenly_near_the_aimed_width():
+    assert head_count(168) == 3 and head_count(808) == 8 and head_count(32, 8) == 4
+    assert head_count(7, 64) == 1 and head_count(96, 32) == 3

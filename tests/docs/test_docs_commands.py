@@ -124,7 +124,17 @@ def doc_commands() -> list[Snippet]:
             if lang in SHELL_LANGS:
                 out.extend(_block_commands(rel, start, lang, body))
         out.extend(s for s in code_spans(path) if INLINE_COMMAND.match(s.text))
+        out.extend(indented_commands(path))
     return out
+
+
+def indented_commands(path: Path) -> Iterator[Snippet]:
+    """Commands in indented (4-space) code blocks outside fences: lines that start like a command."""
+    rel = str(path.relative_to(ROOT))
+    _, prose = _split_fences(path.read_text())
+    for i, line in enumerate(prose.splitlines(), 1):
+        if re.match(r"^(    |\t)\s*", line) and INLINE_COMMAND.match(line.strip()):
+            yield Snippet(rel, i, line.strip(), inline=False)
 
 
 # ---- turning a documented line into argv lists ------------------------------------------------------------
@@ -135,6 +145,7 @@ def simple_commands(text: str) -> list[list[str]]:
     ``VAR=value`` assignments and redirections dropped."""
     text = re.sub(r"<[^<>\s][^<>]*>", PLACEHOLDER, text)  # <run name>, <checkpoint dir>
     text = re.sub(r"(?<=\s)\[[^\]]*\]", " ", text)  # [--dataset DATASET] [overrides] in a synopsis
+    text = re.sub(r"=(\.\.\.|…)(?=\s|$)", f"={PLACEHOLDER}", text)  # data.path=...
     lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     lexer.commenters = "#"
@@ -280,7 +291,7 @@ def dinowm_cli():
     return parse
 
 
-def check_module(module_name: str, argv: list[str]) -> None:
+def check_module(module_name: str, argv: list[str], inline: bool = False) -> None:
     """``python -m ray_jobs.X argv``: parsed by the module's parser, its overrides validated."""
     if importlib.util.find_spec(module_name) is None:
         raise ValueError(f"no module {module_name}")
@@ -297,7 +308,10 @@ def check_module(module_name: str, argv: list[str]) -> None:
         with contextlib.redirect_stderr(err):
             ns = module.parser().parse_args(argv)
     except SystemExit:
-        raise ValueError(err.getvalue().strip().splitlines()[-1]) from None
+        message = err.getvalue().strip().splitlines()[-1]
+        if inline and "arguments are required" in message:
+            return  # prose naming the entrypoint, not a full command line
+        raise ValueError(message) from None
     if module_name == "ray_jobs.evaluate":
         _validate_plan(ns.overrides)
     elif module_name == "ray_jobs.tune":
@@ -334,7 +348,7 @@ def check_command(argv: list[str], parse, snippet: Snippet) -> bool:
         and argv[1] == "-m"
         and argv[2].startswith("ray_jobs.")
     ):
-        check_module(argv[2], argv[3:])
+        check_module(argv[2], argv[3:], snippet.inline)
         return True
     if argv[0] in ("python", "python3") and len(argv) > 1 and argv[1].endswith(".py"):
         if not (ROOT / argv[1]).is_file():

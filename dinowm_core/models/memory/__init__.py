@@ -2,7 +2,7 @@
 predictor that composes them (``predictor.memory.*``; presets in ``conf/predictor/``).
 
 - ``base``: the contract (explicit per-sample state; retrieval stores and recurrent cells; the write rule);
-- ``neural`` (NeuralMemory, Titans), ``lookup`` (LookupMemory), ``ssm`` (SSMMemory, SelectiveSSM),
+- ``neural`` (NeuralMemory, Titans), ``lookup`` (LookupMemory), ``ssm`` (SSMMemory, SelectiveSSM, SelectiveSSD),
   ``mlstm`` (mLSTMMemory), ``segment`` (SegmentCache: Transformer-XL's keys/values, read by attention);
 - ``readers``: context tokens (MAC), gate (MAG), cross-attention, adaptive norm, persistent tokens, additive actions;
 - ``predictor``: MemoryPredictor.

@@ -18,7 +18,7 @@ Two kinds of store:
   memory without changing it, and ``write(frames, state)`` commits frames in order. ``query`` may hold
   ``n`` rows per state row (``B * n`` rows, grouped: rows ``i*n .. i*n+n-1`` read state row ``i``), so planning
   candidates read their episode's memory without copying it.
-* :class:`RecurrentCell` (``SSMMemory``, ``SelectiveSSM``, ``mLSTMMemory``): a causal sequence mixer across
+* :class:`RecurrentCell` (``SSMMemory``, ``SelectiveSSM``, ``SelectiveSSD``, ``mLSTMMemory``): a causal sequence mixer across
   frames. ``scan(x, state, commit)`` runs the window's frames from the memory state (the output at frame ``t``
   depends on the state and frames ``<= t`` only) and returns the state after the first ``commit`` frames: the
   frames that leave the window. ``step(x_t, state)`` is the same computation one frame at a time; the two agree

@@ -36,20 +36,20 @@ class mLSTMMemory(RecurrentCell):  # noqa: N801 (the paper's name)
         super().__init__()
         inner = heads * head_dim
         self.dim, self.num_tokens, self.heads, self.head_dim = dim, num_tokens, heads, head_dim
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner) for _ in range(3))
-        self.igate, self.fgate = nn.Linear(dim, heads), nn.Linear(dim, heads)
-        self.ogate = nn.Linear(dim, inner)
+        # One projection for queries, keys, values and the output gate (the caller's dtype), one for the scalar
+        # input and forget gates of every head (fp32: they are exponentiated).
+        self.qkvo = nn.Linear(dim, 4 * inner)
+        self.gates = nn.Linear(dim, 2 * heads)
         self.out_proj = nn.Linear(inner, dim)
         # xLSTM's init: gates start input-independent, forget gates open (sigmoid(3..6) ~ 0.95..0.998) so that
         # heads begin with memories of ~20 to ~400 frames, input gates near exp(0) = 1.
         with torch.no_grad():
-            for gate in (self.igate, self.fgate):
-                nn.init.zeros_(gate.weight)
-            nn.init.normal_(self.igate.bias, std=0.1)
-            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, heads))
+            nn.init.zeros_(self.gates.weight)
+            nn.init.normal_(self.gates.bias[:heads], std=0.1)
+            self.gates.bias[heads:].copy_(torch.linspace(3.0, 6.0, heads))
 
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None) -> State:
-        device = self.fgate.bias.device if device is None else device
+        device = self.gates.bias.device if device is None else device
         lead = (batch_size, self.num_tokens, self.heads)
         zeros = dict(dtype=torch.float32, device=device)
         return {
@@ -60,17 +60,14 @@ class mLSTMMemory(RecurrentCell):  # noqa: N801 (the paper's name)
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (..., D) -> fp32 q, k, v (..., H, hd), i~, log f (..., H) and o (..., H*hd)."""
-        q, k, v = (
-            rearrange(p(x), "... (h d) -> ... h d", h=self.heads)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        q, k, v, o = rearrange(self.qkvo(x), "... (four h d) -> four ... h d", four=4, h=self.heads)
         with fp32(x.device):
-            x32 = x.float()
-            i_pre, f_pre, o_pre = (
-                F.linear(x32, g.weight.float(), g.bias.float()) for g in (self.igate, self.fgate, self.ogate)
+            i_pre, f_pre = F.linear(x.float(), self.gates.weight.float(), self.gates.bias.float()).chunk(
+                2, dim=-1
             )
             k = k.float() / math.sqrt(self.head_dim)
-            return q.float(), k, v.float(), i_pre, F.logsigmoid(f_pre), torch.sigmoid(o_pre)
+            o = torch.sigmoid(rearrange(o.float(), "... h d -> ... (h d)"))
+            return q.float(), k, v.float(), i_pre, F.logsigmoid(f_pre), o
 
     def _output(self, h: torch.Tensor, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """h (..., H, hd), o (..., H*hd) -> (..., D) in the caller's dtype."""

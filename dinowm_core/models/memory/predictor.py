@@ -1,6 +1,6 @@
 """The memory predictor: the frame-causal ViT of DINO-WM plus a memory, composed from a store and a reader.
 
-What is stored (``predictor.memory.store``: ``neural``, ``lookup``, ``ssm``, ``selective_ssm``, ``mlstm``,
+What is stored (``predictor.memory.store``: ``neural``, ``lookup``, ``ssm``, ``selective_ssm``, ``ssd``, ``mlstm``,
 ``segment``) and how a block reads it (``predictor.memory.reader``: ``context``, ``gate``, ``cross_attention``,
 ``adanorm``, ``mixer``) are separate config choices; ``conf/predictor/*.yaml`` names the combinations the memory
 variant of DINO-WM used (``mac_mem_vit``, ``ssm_vit``, ``mamba``, ``transformerxl``, ...).
@@ -39,7 +39,7 @@ from dinowm_core.models.memory.segment import SegmentCache
 from dinowm_core.models.predictor import Attention
 
 RETRIEVAL = ("neural", "lookup")
-RECURRENT = ("ssm", "selective_ssm", "mlstm")
+RECURRENT = ("ssm", "selective_ssm", "ssd", "mlstm")
 
 
 def build_store(cfg: MemoryConfig, dim: int, num_tokens: int) -> RetrievalStore | RecurrentCell:
@@ -60,6 +60,10 @@ def build_store(cfg: MemoryConfig, dim: int, num_tokens: int) -> RetrievalStore 
         from dinowm_core.models.memory.ssm import SelectiveSSM
 
         return SelectiveSSM(dim, num_tokens=num_tokens, state_dim=cfg.state_dim)
+    if cfg.store == "ssd":
+        from dinowm_core.models.memory.ssd import SelectiveSSD
+
+        return SelectiveSSD(dim, num_tokens=num_tokens, state_dim=cfg.state_dim)
     if cfg.store == "mlstm":
         from dinowm_core.models.memory.mlstm import mLSTMMemory
 
