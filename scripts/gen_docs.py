@@ -313,17 +313,32 @@ def _schema_type(schema: dict[str, Any]) -> str:
 
 
 _JSON_BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"),
-                ("minLength", "length >="), ("maxLength", "length <="), ("minItems", "items >="),
-                ("maxItems", "items <="), ("pattern", "matches"))  # fmt: skip
+                ("minLength", "length >="), ("maxLength", "length <="), ("pattern", "matches"))  # fmt: skip
 
 
-def _constraints(schema: dict[str, Any], prefix: str = "") -> list[str]:
-    out = [f"{prefix}{symbol} {schema[key]}" for key, symbol in _JSON_BOUNDS if key in schema]
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
+def _constraints(schema: dict[str, Any]) -> list[str]:
+    """JSON-schema bounds in words: ``>= 1``, ``exactly 3 items``, ``each item: length <= 10``."""
+    out = [f"{symbol} {_num(schema[key])}" for key, symbol in _JSON_BOUNDS if key in schema]
+    lo, hi = schema.get("minItems"), schema.get("maxItems")
+    if lo is not None and lo == hi:
+        out.append(f"exactly {_items(lo)}")
+    else:
+        out += [f"at least {_items(lo)}"] if lo is not None else []
+        out += [f"at most {_items(hi)}"] if hi is not None else []
     if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
-        out += _constraints(schema["items"], "each ")
+        inner = _constraints(schema["items"])
+        out += [f"each item: {', '.join(inner)}"] if inner else []
     for key in ("anyOf", "oneOf"):
         for sub in schema.get(key, []):
-            out += _constraints(sub, prefix)
+            out += _constraints(sub)
     return out
 
 
