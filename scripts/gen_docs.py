@@ -172,13 +172,33 @@ def _head_comment(path: Path) -> str:
     return " ".join(lines)
 
 
-def _key_table(keys: list[SchemaKey]) -> list[str]:
+def _key_table(keys: list[SchemaKey], effective: dict[str, str]) -> list[str]:
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
-    rows += [f"| `{k.key}` | {_cell(k.type)} | {_cell(k.default)} | {_cell(k.description)} |" for k in keys]
+    for k in keys:
+        default = k.default
+        if k.key in effective and effective[k.key] != default:
+            default = f"{effective[k.key]} (from conf/; schema: {default})"
+        rows.append(f"| `{k.key}` | {_cell(k.type)} | {_cell(default)} | {_cell(k.description)} |")
     return rows
 
 
-def _sections(model: type[BaseModel], prefix: str, title: str) -> list[str]:
+def _effective(tree: dict[str, Any], keys: list[SchemaKey], skip: tuple[str, ...]) -> dict[str, str]:
+    """``{key: value}`` of the config the YAML under conf/ gives without overrides (group sections skipped)."""
+    out = {}
+    for k in keys:
+        if k.key.split(".")[0] in skip:
+            continue
+        node: Any = tree
+        for part in k.key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            out[k.key] = _code(node)
+    return out
+
+
+def _sections(model: type[BaseModel], prefix: str, title: str, effective: dict[str, str]) -> list[str]:
     docs = section_docs(model, prefix)
     by_section: dict[str, list[SchemaKey]] = {}
     for k in schema_keys(model, prefix):
@@ -188,7 +208,7 @@ def _sections(model: type[BaseModel], prefix: str, title: str) -> list[str]:
         out += ["", f"### {f'`{section}.*`' if section else title}", ""]
         if docs.get(section):
             out += [_cell(docs[section]), ""]
-        out += _key_table(keys)
+        out += _key_table(keys, effective)
     return out
 
 
@@ -219,11 +239,14 @@ def yaml_mapping(path: Path) -> dict[str, Any]:
 def render_config() -> str:
     """docs/config.md: the schema, the job settings and the presets."""
     from dinowm_core.config import Config
-    from dinowm_core.presets import GROUPS
-    from ray_jobs.job_config import JobConfig
+    from dinowm_core.presets import GROUPS, load_config
+    from ray_jobs.job_config import JobConfig, load_job_config
 
     conf = ROOT / "conf"
     defaults = yaml_mapping(conf / "config.yaml").get("defaults", {})
+    skip = (*GROUPS, "presets")
+    effective = _effective(json.loads(load_config([]).model_dump_json()), list(schema_keys(Config)), skip)
+    effective |= _effective(load_job_config([]).model_dump(mode="json"), list(schema_keys(JobConfig)), skip)
     lines = [
         BANNER.format(source="dinowm_core/config/, ray_jobs/job_config.py and conf/"),
         "# Configuration reference",
@@ -235,15 +258,16 @@ def render_config() -> str:
         "before anything starts, naming the key. `dinowm plan` also takes the `eval.*` keys without their "
         "prefix (`n_evals=50 budget=50 seeds=[0,1,2]`) and applies the env's planning preset first.",
         "",
-        "A *default* is the schema's: the value a key takes when neither `conf/config.yaml`, a preset nor an "
-        "override sets it. The group sections (`env`, `encoder`, `predictor`, `decoder`, `planner`) are filled "
-        "from their preset (tables below), which sets most of their keys.",
+        "A *default* is what a key holds without overrides: the schema's default, or the value of "
+        "`conf/config.yaml` / `conf/job.yaml` where that differs (then both are shown). The group sections "
+        "(`env`, `encoder`, `predictor`, `decoder`, `planner`) are filled from their preset (tables below), "
+        "which sets most of their keys; their default column is the schema's, for a key a preset leaves out.",
         "",
         "## Model, training, planning and evaluation (`dinowm_core.config.Config`)",
         "",
         "Saved in every checkpoint's `config.json` and every run directory.",
     ]
-    lines += _sections(Config, "", "Top level")
+    lines += _sections(Config, "", "Top level", effective)
     lines += [
         "",
         "## Job settings (`ray.*`, `mlflow.*`: `ray_jobs.job_config.JobConfig`)",
@@ -251,7 +275,7 @@ def render_config() -> str:
         "Where a job runs and where it is recorded: not part of the model, never in a checkpoint, recorded with "
         "the MLflow run. Defaults in `conf/job.yaml`; `dinowm config --job ...` prints them resolved.",
     ]
-    lines += _sections(JobConfig, "", "Job settings")
+    lines += _sections(JobConfig, "", "Job settings", effective)
     lines += [
         "",
         "## Presets (`conf/<group>/<name>.yaml`)",

@@ -131,3 +131,12 @@ def test_every_route_and_schema_is_listed(spec):
             assert f"### `{method.upper()} {path}`" in text
     for name in spec["components"]["schemas"]:
         assert f"### {name}\n" in text
+
+
+def test_a_default_that_conf_overrides_shows_both(monkeypatch):
+    """The default column is what a user gets: where conf/*.yaml sets another value than the schema, both."""
+    from dinowm_core.config import TrainingConfig
+
+    # The compiled validator keeps the old default: as if conf/config.yaml set training.epochs to 100.
+    monkeypatch.setattr(TrainingConfig.model_fields["epochs"], "default", 7)
+    assert "| `training.epochs` | int (> 0) | `100` (from conf/; schema: `7`) |" in gen.render_config()
