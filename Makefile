@@ -1,4 +1,4 @@
-.PHONY: setup test quickstart lint format bench
+.PHONY: setup test quickstart lint format bench docs
 
 setup:
 	bash scripts/setup.sh
@@ -17,3 +17,7 @@ format: setup
 
 bench: setup
 	.venv/bin/python bench/model.py
+
+# The generated references (docs/config.md, docs/http_api.md); tests/docs fails when they are out of date.
+docs: setup
+	.venv/bin/python scripts/gen_docs.py

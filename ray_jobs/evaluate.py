@@ -301,11 +301,8 @@ def summary_line(result: EvalResult, out_dir: Path) -> str:
             f"{s['n']} episodes; {result.protocol['label']}; results in {out_dir}")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ray_jobs.evaluate CKPT key=value ...``: ``dinowm plan --ray`` for ``ray job submit``."""
-    from dinowm_core.config import ConfigError
-    from dinowm_core.training.checkpoint import CheckpointError
-
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ray_jobs.evaluate`` (tests/docs parses the documented commands with it)."""
     ap = argparse.ArgumentParser(
         description="Evaluate planning with a checkpoint, episodes in Ray env actors."
     )
@@ -318,7 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-url", default=None, help="plan through the planning service at this URL")
     ap.add_argument("--out", "-o", default=None, help="output dir (default output_dir/plan/<time>)")
     ap.add_argument("--json", action="store_true", help="print the results JSON to stdout")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ray_jobs.evaluate CKPT key=value ...``: ``dinowm plan --ray`` for ``ray job submit``."""
+    from dinowm_core.config import ConfigError
+    from dinowm_core.training.checkpoint import CheckpointError
+
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result, _, out_dir = plan_checkpoint(args.ckpt, args.overrides, planner_actor=args.planner_actor,

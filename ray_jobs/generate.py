@@ -41,7 +41,8 @@ def run(spec: GenerationSpec, out: str | Path, *, address: str | None = None, nu
     return Path(out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ray_jobs.generate`` (tests/docs parses the documented commands with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True)
     p.add_argument("--episodes", type=int, required=True)
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--episodes-per-shard", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local cluster)")
     p.add_argument("--cpus-per-task", type=float, default=1.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = GenerationSpec(args.env, args.episodes, args.steps, args.seed, args.img_size, args.policy,
                           args.episodes_per_shard)  # fmt: skip

@@ -24,9 +24,13 @@ JOB_SECTIONS = ("ray", "mlflow")
 
 class RayConfig(ConfigModel):
     address: str | None = Field(None, description="None = $RAY_ADDRESS, else an embedded local cluster")
-    num_workers: int = Field(1, ge=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers (0 = the train function in the driver's process)"
+    )
+    use_gpu: bool = Field(False, description="give each worker a GPU (ray.gpus_per_worker of one)")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs reserved per worker (a fraction shares a core)"
+    )
     gpus_per_worker: float = Field(
         1.0,
         gt=0,
@@ -34,13 +38,15 @@ class RayConfig(ConfigModel):
         description="with use_gpu; a fraction shares a GPU (e.g. sweep trials: 0.5 = two per GPU)",
     )
     storage_path: str | None = Field(None, description="None = <output_dir>/ray_results")
-    max_failures: int = Field(0, ge=-1)
-    num_to_keep: int = Field(2, gt=0)
+    max_failures: int = Field(
+        0, ge=-1, description="worker-group restarts from the last checkpoint (-1 = unlimited)"
+    )
+    num_to_keep: int = Field(2, gt=0, description="checkpoints kept per run")
 
 
 class MlflowConfig(ConfigModel):
     tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or a local sqlite store")
-    experiment: str = "dinowm"
+    experiment: str = Field("dinowm", description="the MLflow experiment runs are recorded in")
     register_model: str | None = Field("dinowm-world-model", description="registered model name; None = skip")
 
 

@@ -137,6 +137,7 @@ api.add_middleware(GuardMiddleware, max_body_bytes=MAX_BODY_BYTES, request_id=_r
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in [
+        (400, "malformed input: bad base64, not a PNG or JPEG, wrong raw byte count (the field is named)"),
         (401, "missing or wrong bearer token"),
         (404, "unknown or expired session"),
         (413, "body over 8 MiB"),

@@ -12,7 +12,9 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms"]
+    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms"] = Field(
+        description="the environment (its simulator is in dinowm_core.envs)"
+    )
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
     num_actions: int | None = Field(
         None,
@@ -22,11 +24,15 @@ class EnvConfig(ConfigModel):
             "and the model sees its one-hot, so a model step's action is f concatenated one-hots; None = continuous"
         ),
     )
-    proprio_dim: int = Field(gt=0)
+    proprio_dim: int = Field(gt=0, description="proprioceptive state dim (the model's proprio input)")
     state_dim: int = Field(gt=0, description="raw state dim (deformables: 4 x particles)")
     # Pixels per env action unit in the reference's PushT datasets (rel_actions.pth); the importer divides by
     # it. Our stores, models and planners always use env units (what env.step takes).
-    action_scale: float = Field(1.0, gt=0)
+    action_scale: float = Field(
+        1.0,
+        gt=0,
+        description="pixels per env action unit in the reference's PushT datasets; the importer divides by it",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the env constructor")
 
     @property
@@ -47,17 +53,23 @@ DinoName = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vi
 
 
 class EncoderConfig(ConfigModel):
-    name: Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny", "conv"]
+    name: Literal[
+        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny", "conv"
+    ] = Field(
+        description="DINOv2 ViT-S/B/L/G, the offline dinov2_tiny (random frozen weights) or a trainable conv"
+    )
     feature: Literal["patch", "cls"] = Field("patch", description="patch tokens or the CLS token")
     pretrained: bool = Field(True, description="false = random init (tests, offline demos)")
     weights: str | None = Field(None, description="explicit weights file; else the hub / HF caches")
     allow_download: bool = Field(False, description="let torch.hub download weights if no local copy")
     train: bool = Field(False, description="fine-tune the encoder (the reference keeps it frozen)")
     # Only for the small offline encoders (dinov2_tiny, conv).
-    width: int = Field(64, gt=0)
-    depth: int = Field(2, gt=0)
-    heads: int = Field(2, gt=0)
-    init_seed: int = 0
+    width: int = Field(64, gt=0, description="dinov2_tiny / conv only: token width")
+    depth: int = Field(2, gt=0, description="dinov2_tiny only: transformer blocks")
+    heads: int = Field(2, gt=0, description="dinov2_tiny only: attention heads")
+    init_seed: int = Field(
+        0, description="dinov2_tiny / conv: seed of the initial (for dinov2_tiny: frozen) weights"
+    )
 
     @property
     def is_dino(self) -> bool:
@@ -86,8 +98,14 @@ class MemoryConfig(ConfigModel):
     sublayer in every block), ``none``.
     """
 
-    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "ssd", "mlstm", "segment"] = "none"
-    reader: Literal["none", "context", "gate", "cross_attention", "adanorm", "mixer"] = "none"
+    store: Literal["none", "neural", "lookup", "ssm", "selective_ssm", "ssd", "mlstm", "segment"] = Field(
+        "none",
+        description="what the memory stores: none, neural, lookup, ssm, selective_ssm, ssd, mlstm or segment",
+    )
+    reader: Literal["none", "context", "gate", "cross_attention", "adanorm", "mixer"] = Field(
+        "none",
+        description="how a block reads the memory: context, gate, cross_attention, adanorm, mixer or none",
+    )
     per_layer: bool = Field(False, description="one retrieval store per block (mac_layer_mem_vit)")
     tokens: int = Field(4, gt=0, description="memory tokens read per frame (lookup: top-k entries)")
     persistent_tokens: int = Field(0, ge=0, description="learned tokens every frame attends to")
@@ -133,15 +151,18 @@ class MemoryConfig(ConfigModel):
 
 class PredictorConfig(ConfigModel):
     name: Literal["vit", "mamba"] = Field("vit", description="mamba: no attention (selective scans + mixers)")
-    depth: int = Field(6, gt=0)
-    heads: int = Field(16, gt=0)
-    dim_head: int = Field(64, gt=0)
-    mlp_dim: int = Field(2048, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    emb_dropout: float = Field(0.0, ge=0, lt=1)
+    depth: int = Field(6, gt=0, description="transformer blocks")
+    heads: int = Field(16, gt=0, description="attention heads")
+    dim_head: int = Field(64, gt=0, description="width of one attention head")
+    mlp_dim: int = Field(2048, gt=0, description="hidden width of each block's MLP")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the blocks")
+    emb_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input tokens")
     # The reference predicts the next latent directly; residual=true predicts input + change, which
     # trains far faster from scratch on small data (documented deviation, off by default).
-    residual: bool = False
+    residual: bool = Field(
+        False,
+        description="predict input + change instead of the next latent (documented deviation, off in the reference)",
+    )
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
@@ -156,15 +177,23 @@ class PredictorConfig(ConfigModel):
 
 
 class DecoderConfig(ConfigModel):
-    name: Literal["vqvae", "transposed_conv", "none"] = "vqvae"
-    channel: int = Field(384, gt=0)
-    n_res_block: int = Field(4, ge=0)
-    n_res_channel: int = Field(128, gt=0)
-    quantize: bool = False
-    n_embed: int = Field(2048, gt=0)
-    decay: float = Field(0.99, gt=0, lt=1)
-    latent_loss_weight: float = Field(0.25, ge=0)
+    name: Literal["vqvae", "transposed_conv", "none"] = Field(
+        "vqvae", description="vqvae (patch latents), transposed_conv (one-token latents, e.g. CLS) or none"
+    )
+    channel: int = Field(384, gt=0, description="vqvae: decoder width")
+    n_res_block: int = Field(4, ge=0, description="vqvae: residual blocks")
+    n_res_channel: int = Field(128, gt=0, description="vqvae: width inside the residual blocks")
+    quantize: bool = Field(
+        False, description="vqvae: quantize the latents with a codebook (off in the reference)"
+    )
+    n_embed: int = Field(2048, gt=0, description="vqvae with quantize: codebook entries")
+    decay: float = Field(0.99, gt=0, lt=1, description="vqvae with quantize: EMA decay of the codebook")
+    latent_loss_weight: float = Field(
+        0.25, ge=0, description="vqvae with quantize: weight of the commitment loss"
+    )
     # transposed_conv decoder (1-token latents)
-    depth: int = Field(64, gt=0)
-    kernel_size: int = Field(5, gt=0)
-    stride: int = Field(3, gt=0)
+    depth: int = Field(
+        64, gt=0, description="transposed_conv: channel unit (layers have 32, 8, 4, 2, 1 x depth channels)"
+    )
+    kernel_size: int = Field(5, gt=0, description="transposed_conv: kernel size of each layer")
+    stride: int = Field(3, gt=0, description="transposed_conv: stride of each layer")

@@ -10,10 +10,14 @@ from dinowm_core.config.base import ConfigModel
 
 
 class CEMConfig(ConfigModel):
-    num_samples: int = Field(300, gt=0)
-    topk: int = Field(30, gt=0)
-    var_scale: float = Field(1.0, gt=0)
-    opt_steps: int = Field(30, gt=0)
+    num_samples: int = Field(300, gt=0, description="candidate action sequences per iteration")
+    topk: int = Field(30, gt=0, description="elites that refit the sampling distribution (<= num_samples)")
+    var_scale: float = Field(
+        1.0,
+        gt=0,
+        description="initial standard deviation of the sampling distribution (normalized action units)",
+    )
+    opt_steps: int = Field(30, gt=0, description="CEM iterations per plan")
     chunk_size: int | None = Field(
         None,
         gt=0,
@@ -22,11 +26,15 @@ class CEMConfig(ConfigModel):
 
 
 class GDConfig(ConfigModel):
-    lr: float = Field(1.0, gt=0)
-    opt_steps: int = Field(1000, gt=0)
-    action_noise: float = Field(0.003, ge=0)
-    sample_type: Literal["randn", "zero"] = "randn"
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(1.0, gt=0, description="step size on the actions")
+    opt_steps: int = Field(1000, gt=0, description="gradient steps per plan")
+    action_noise: float = Field(
+        0.003, ge=0, description="Gaussian noise added to the actions after each step"
+    )
+    sample_type: Literal["randn", "zero"] = Field(
+        "randn", description="initial actions: randn (Gaussian) or zero (the env's no-op)"
+    )
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (the reference) or adam")
 
 
 class MPCConfig(ConfigModel):
@@ -41,13 +49,19 @@ class MPCConfig(ConfigModel):
 
 
 class ObjectiveConfig(ConfigModel):
-    mode: Literal["last", "all"] = "last"
+    mode: Literal["last", "all"] = Field(
+        "last", description="last: the final frame's error; all: every frame's, weighted base**i"
+    )
     alpha: float = Field(1.0, ge=0, description="weight of the proprio-embedding term")
     base: float = Field(2.0, gt=0, description="per-frame weight base for mode=all")
 
 
 class PlannerConfig(ConfigModel):
-    name: Literal["cem", "gd", "mpc_cem", "mpc_gd", "cem_discrete", "mpc_cem_discrete"] = "cem"
+    name: Literal["cem", "gd", "mpc_cem", "mpc_gd", "cem_discrete", "mpc_cem_discrete"] = Field(
+        "cem",
+        description="cem / gd: one open-loop plan; mpc_*: replan after planner.mpc.n_taken_actions; "
+        "*_discrete: CEM over a discrete action set (four_rooms)",
+    )
     horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
     cem: CEMConfig = Field(default_factory=CEMConfig)
     gd: GDConfig = Field(default_factory=GDConfig)
@@ -82,13 +96,16 @@ class PlannerConfig(ConfigModel):
 
 
 class EvalConfig(ConfigModel):
-    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/paper_results.md).
+    """Planning evaluation (reference section 5.1-5.2, 5.7; protocol of docs/evaluation.md).
 
     The headline protocol is a fixed env-step ``budget`` with no early stop from the simulator; the
     reference's "replan until the simulator reports success" is ``oracle_stop=true`` and is labelled so.
     """
 
-    goal_source: Literal["dset", "random_state", "random_action", "file"] = "random_state"
+    goal_source: Literal["dset", "random_state", "random_action", "file"] = Field(
+        "random_state",
+        description="dset: a val trajectory's frame goal_H steps on; random_state: the env's sampler; random_action: random actions from the start; file: eval.goal_file",
+    )
     # Reference section 5.1: goal_H is both the goal distance and the planning horizon. Here the horizon is
     # planner.horizon and goal_H follows it unless set; see dinowm_core/presets.py.
     goal_H: int | None = Field(
@@ -109,7 +126,10 @@ class EvalConfig(ConfigModel):
     seeds: list[int] = Field(default_factory=lambda: [99], min_length=1, description="evaluation seeds")
     # reference: episode n of seed s uses s*n+1 (seed 0 repeats one episode; seeds 1, 2 overlap);
     # spawn: SeedSequence([s, n]) (distinct episodes). See dinowm_core/planning/goals.py.
-    seed_scheme: Literal["spawn", "reference"] = "spawn"
+    seed_scheme: Literal["spawn", "reference"] = Field(
+        "spawn",
+        description="episode seeds: spawn (SeedSequence([seed, n]), distinct) or reference (seed * n + 1)",
+    )
     oracle_stop: bool = Field(
         False,
         description="stop an episode at the first executed chunk that ends in simulator success (labelled)",

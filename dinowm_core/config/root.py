@@ -22,21 +22,35 @@ class Config(ConfigModel):
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
 
     img_size: int = Field(224, description="model image size; a multiple of 16 (decoder scale)")
-    frameskip: int = Field(5, gt=0)
-    num_hist: int = Field(3, gt=0)
-    num_pred: int = Field(1, gt=0)
+    frameskip: int = Field(
+        5, gt=0, description="env steps per model step: a model action is frameskip env actions side by side"
+    )
+    num_hist: int = Field(
+        3, gt=0, description="frames of history the predictor conditions on (its context window)"
+    )
+    num_pred: int = Field(
+        1, gt=0, description="frames predicted per step (only 1 is supported, as in the reference)"
+    )
     concat: Literal["channel", "token"] = Field(
         "channel", description="channel: [visual|proprio|action] per patch (reference concat_dim=1)"
     )
-    action_emb_dim: int = Field(10, gt=0)
-    proprio_emb_dim: int = Field(10, gt=0)
-    num_action_repeat: int = Field(1, gt=0)
-    num_proprio_repeat: int = Field(1, gt=0)
+    action_emb_dim: int = Field(
+        10, gt=0, description="width of the action embedding joined to every visual patch"
+    )
+    proprio_emb_dim: int = Field(
+        10, gt=0, description="width of the proprio embedding joined to every visual patch"
+    )
+    num_action_repeat: int = Field(
+        1, gt=0, description="copies of the action embedding in each token (reference num_action_repeat)"
+    )
+    num_proprio_repeat: int = Field(
+        1, gt=0, description="copies of the proprio embedding in each token (reference num_proprio_repeat)"
+    )
 
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    output_dir: str = "outputs"
+    output_dir: str = Field("outputs", description="where runs, plans and the local MLflow store are written")
     presets: dict[str, str] = Field(default_factory=dict, description="which preset each group came from")
 
     @model_validator(mode="after")

@@ -10,11 +10,13 @@ from dinowm_core.config.base import ConfigModel
 
 
 class DataConfig(ConfigModel):
-    path: str | None = None
-    split_ratio: float = Field(0.9, gt=0, le=1)
-    split_seed: int = 42
+    path: str | None = Field(None, description="dataset directory (dinowm data generate / import-dino-wm)")
+    split_ratio: float = Field(
+        0.9, gt=0, le=1, description="fraction of the trajectories used for training; the rest validate"
+    )
+    split_seed: int = Field(42, description="seed of the train/val split (by trajectory)")
     n_rollout: int | None = Field(None, gt=0, description="use only the first n trajectories")
-    normalize_action: bool = True
+    normalize_action: bool = Field(True, description="normalize actions with the dataset's statistics")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     feature_cache: bool = Field(False, description="train from cached encoder features")
     allow_resize: bool = Field(False, description="resize stored frames to img_size when they differ")
@@ -27,23 +29,29 @@ class DataConfig(ConfigModel):
 
 
 class TrainingConfig(ConfigModel):
-    seed: int = 0
-    epochs: int = Field(100, gt=0)
+    seed: int = Field(0, description="seed of the run (initialization, data order)")
+    epochs: int = Field(100, gt=0, description="passes over the training split")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     batch_size: int = Field(32, gt=0, description="global batch size (split across workers)")
-    encoder_lr: float = Field(1e-6, gt=0)
-    decoder_lr: float = Field(3e-4, gt=0)
-    predictor_lr: float = Field(5e-4, gt=0)
-    action_encoder_lr: float = Field(5e-4, gt=0)
-    train_predictor: bool = True
-    train_decoder: bool = True
-    has_decoder: bool = True
+    encoder_lr: float = Field(1e-6, gt=0, description="encoder learning rate (only with encoder.train=true)")
+    decoder_lr: float = Field(3e-4, gt=0, description="decoder learning rate (Adam)")
+    predictor_lr: float = Field(5e-4, gt=0, description="predictor learning rate (AdamW)")
+    action_encoder_lr: float = Field(
+        5e-4, gt=0, description="action and proprio embedders' learning rate (AdamW)"
+    )
+    train_predictor: bool = Field(True, description="train the predictor")
+    train_decoder: bool = Field(True, description="train the decoder (on detached latents, as the reference)")
+    has_decoder: bool = Field(True, description="build a decoder (reconstructions, rollout videos)")
     # Reference: no schedule and no clipping. Ours: both available, reference behaviour by default.
-    scheduler: Literal["none", "cosine"] = "none"
-    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    scheduler: Literal["none", "cosine"] = Field(
+        "none", description="learning-rate schedule: none (the reference) or cosine with warmup"
+    )
+    warmup_frac: float = Field(0.05, ge=0, lt=1, description="cosine: fraction of the steps spent warming up")
     restarts: int = Field(0, ge=0, description="cosine warm restarts")
     # Max global grad norm over all trainable params (None = off, as the reference); 0.5 is a good value.
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(
+        None, gt=0, description="max global gradient norm; null = no clipping (the reference)"
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step (splits each batch)")
     window_stride: int = Field(
         1,
@@ -57,7 +65,7 @@ class TrainingConfig(ConfigModel):
         "auto", description="auto = bf16 autocast on CUDA, off on CPU"
     )
     compile: bool = Field(False, description="torch.compile the predictor")
-    save_every_epochs: int = Field(1, gt=0)
+    save_every_epochs: int = Field(1, gt=0, description="checkpoint period in epochs")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
     log_every_steps: int = Field(10, gt=0, description="period of the per-step metrics rows (MLflow)")
     progress_every_s: float = Field(
@@ -67,8 +75,10 @@ class TrainingConfig(ConfigModel):
         "validation batches): time-based so a 20-step run and a 100k-step run both print about twice a "
         "minute; 0 = every step. Epoch ends and validation start/end are always printed",
     )
-    num_val_rollouts: int = Field(10, ge=0)
-    num_reconstruct_samples: int = Field(6, ge=0)
+    num_val_rollouts: int = Field(
+        10, ge=0, description="open-loop rollouts of validation trajectories per validation"
+    )
+    num_reconstruct_samples: int = Field(6, ge=0, description="frames in the reconstruction image grid")
     val_max_batches: int | None = Field(None, gt=0, description="cap on validation batches (None = all)")
     val_at_start: bool = Field(False, description="also validate before the first step (logged at step 0)")
     artifacts_every_epochs: int = Field(
