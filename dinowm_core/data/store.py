@@ -99,7 +99,10 @@ class Episode:
             ("proprio", proprio, np.float32),
         ):
             x = np.asarray(x)
-            if x.dtype.kind != "f":
+            if name == "actions" and x.dtype.kind in "iu":
+                # Discrete actions (memory_maze): indices stay integers, stored as int64 (T, 1).
+                x = x.astype(np.int64)
+            elif x.dtype.kind != "f":
                 x = x.astype(default or np.float32)
             elif default is not None:
                 x = x.astype(default)
