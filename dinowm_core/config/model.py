@@ -12,7 +12,7 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher"]
+    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "memory_maze"]
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
     proprio_dim: int = Field(gt=0)
     state_dim: int = Field(gt=0, description="raw state dim (deformables: 4 x particles)")

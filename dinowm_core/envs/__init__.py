@@ -14,6 +14,8 @@ _ENTRY_POINTS = {
     "rope": "dinowm_core.envs.deformable:RopeEnv",
     "granular": "dinowm_core.envs.deformable:GranularEnv",
     "reacher": "dinowm_core.envs.reacher:ReacherEnv",
+    # optional extra `memory_maze`: memory_maze.py imports the package only when an env is built
+    "memory_maze": "dinowm_core.envs.memory_maze:MemoryMazeEnv",
 }
 
 for _name, _entry in _ENTRY_POINTS.items():

@@ -150,6 +150,7 @@ ENV_IDS = {
     "rope": "dinowm/Rope-v0",
     "granular": "dinowm/Granular-v0",
     "reacher": "dinowm/Reacher-v0",
+    "memory_maze": "dinowm/MemoryMaze-v0",
 }
 
 
