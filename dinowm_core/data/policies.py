@@ -1,4 +1,5 @@
-"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal`` and ``pusht_push``.
+"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal``, ``pusht_push`` and
+``explore`` (Memory-Maze).
 
 A policy is built per episode with its own ``numpy.random.Generator`` (derived from the dataset seed and the
 episode index), sees only the raw env state and returns an action in env units. :func:`make_policy` checks
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from dinowm_core.envs.base import PlanningEnv
 
@@ -27,13 +29,17 @@ def action_bounds(env: PlanningEnv) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RandomPolicy:
-    """Uniform in the action box, independent across steps."""
+    """Uniform in the action box (a discrete space: a uniform index, shape (1,)), independent across steps."""
 
     def __init__(self, env: PlanningEnv, rng: np.random.Generator) -> None:
-        self.low, self.high = action_bounds(env)
+        space = getattr(env, "action_space", None)
+        self.num_actions = int(space.n) if isinstance(space, spaces.Discrete) else None
+        self.low, self.high = action_bounds(env) if self.num_actions is None else (None, None)
         self.rng = rng
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
+        if self.num_actions is not None:
+            return np.array([self.rng.integers(self.num_actions)], np.int64)
         return self.rng.uniform(self.low, self.high)
 
 
@@ -154,10 +160,45 @@ class PushTPolicy:
         return a / self.PIXELS_PER_UNIT
 
 
+class ExplorePolicy:
+    """Memory-Maze exploration: a random walk over the discrete actions with persistence, turning at walls.
+
+    An action is held for a geometric number of steps (mean ``mean_hold``), so the agent crosses rooms
+    instead of jittering in place; forward moves are the most likely. A forward move that advances the agent
+    less than ``stuck_dist`` (grid cells) counts as blocked: the policy then turns one way for a few steps.
+    Reads state ``[x, y, ...]`` (grid cells) and returns an index of shape (1,), int64.
+    """
+
+    NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT = range(6)
+    _CHOICES = np.array([NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT])
+    _WEIGHTS = np.array([0.04, 0.5, 0.12, 0.12, 0.11, 0.11])
+
+    def __init__(
+        self, env: PlanningEnv, rng: np.random.Generator, mean_hold: float = 5.0, stuck_dist: float = 0.02
+    ) -> None:
+        self.rng, self.mean_hold, self.stuck_dist = rng, mean_hold, stuck_dist
+        self.action, self.left = self.NOOP, 0
+        self.prev: np.ndarray | None = None
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        pos = np.asarray(state[:2], np.float64)
+        moving = self.action in (self.FORWARD, self.FORWARD_LEFT, self.FORWARD_RIGHT)
+        if moving and self.prev is not None and np.linalg.norm(pos - self.prev) < self.stuck_dist:
+            self.action = int(self.rng.choice([self.LEFT, self.RIGHT]))
+            self.left = int(self.rng.integers(2, 7))  # a 4 Hz turn is ~25 deg: turn 50-150 deg
+        elif self.left <= 0:
+            self.action = int(self.rng.choice(self._CHOICES, p=self._WEIGHTS))
+            self.left = int(self.rng.geometric(1.0 / self.mean_hold))
+        self.left -= 1
+        self.prev = pos
+        return np.array([self.action], np.int64)
+
+
 POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
     "random": (RandomPolicy, None),
     "noisy_goal": (NoisyGoalPolicy, tuple(_GOAL_GAINS)),
     "pusht_push": (PushTPolicy, ("pusht",)),
+    "explore": (ExplorePolicy, ("memory_maze",)),
 }
 
 
