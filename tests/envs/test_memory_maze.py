@@ -158,6 +158,26 @@ def test_success_is_within_half_a_cell_of_the_goal(env: mm.MemoryMazeEnv) -> Non
     assert reward == 1.0 and info["target_reached"] and info["target_index"] != target
 
 
+def test_fast_target_touch_matches_the_package(env: mm.MemoryMazeEnv) -> None:
+    from dm_control.locomotion.props.target_sphere import TargetSphere
+
+    init, goal = env.sample_init_goal(11)
+    physics = env.physics
+    seen = []
+    for state in (init, goal):
+        env.reset(options={"state": state})  # mj_forward: the contacts of this pose
+        for target in env._task._targets:
+            flags = []
+            for update in (type(target)._update_activation, TargetSphere._update_activation):
+                target.reset(physics)
+                update(target, physics)
+                flags.append(target.activated)
+            assert flags[0] == flags[1]
+            seen.append(flags[0])
+        env._task._targets[0].reset(physics)
+    assert any(seen) and not all(seen)  # the goal pose touches its target, the start pose none
+
+
 def test_gymnasium_env_checker_passes(env: mm.MemoryMazeEnv) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
