@@ -165,16 +165,18 @@ class ExplorePolicy:
 
     An action is held for a geometric number of steps (mean ``mean_hold``), so the agent crosses rooms
     instead of jittering in place; forward moves are the most likely. A forward move that advances the agent
-    less than ``stuck_dist`` (grid cells) counts as blocked: the policy then turns one way for a few steps.
-    Reads state ``[x, y, ...]`` (grid cells) and returns an index of shape (1,), int64.
+    less than ``stuck_dist`` metres (a free forward step covers ~0.4 m) counts as blocked: the policy then turns
+    one way for a few steps. Reads state ``[x, y, ...]`` (world metres) and returns an index of shape (1,), int64.
     """
 
     NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT = range(6)
     _CHOICES = np.array([NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT])
-    _WEIGHTS = np.array([0.04, 0.5, 0.12, 0.12, 0.11, 0.11])
+    # Tuned on coverage (distinct cells visited in 300 steps): 15-17 of 3x7's 19 cells against 7-9 with half as
+    # many forward draws and shorter turns, and 1-4 for uniform random actions.
+    _WEIGHTS = np.array([0.02, 0.6, 0.08, 0.08, 0.11, 0.11])
 
     def __init__(
-        self, env: PlanningEnv, rng: np.random.Generator, mean_hold: float = 5.0, stuck_dist: float = 0.02
+        self, env: PlanningEnv, rng: np.random.Generator, mean_hold: float = 5.0, stuck_dist: float = 0.15
     ) -> None:
         self.rng, self.mean_hold, self.stuck_dist = rng, mean_hold, stuck_dist
         self.action, self.left = self.NOOP, 0
@@ -185,7 +187,7 @@ class ExplorePolicy:
         moving = self.action in (self.FORWARD, self.FORWARD_LEFT, self.FORWARD_RIGHT)
         if moving and self.prev is not None and np.linalg.norm(pos - self.prev) < self.stuck_dist:
             self.action = int(self.rng.choice([self.LEFT, self.RIGHT]))
-            self.left = int(self.rng.integers(2, 7))  # a 4 Hz turn is ~25 deg: turn 50-150 deg
+            self.left = int(self.rng.integers(4, 10))  # a turn step is ~20 deg: turn away by 80-190 deg
         elif self.left <= 0:
             self.action = int(self.rng.choice(self._CHOICES, p=self._WEIGHTS))
             self.left = int(self.rng.geometric(1.0 / self.mean_hold))
