@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import zlib
 from types import SimpleNamespace
@@ -296,7 +297,14 @@ class MemoryMazeEnv(PlanningEnv):
         """Put the maze ``rows`` in the arena and recompile; textures, target cells and colours follow ``seed``."""
         self._arena.set_layout(rows, variations)
         self._env.random_state.seed(seed)
-        self._env.reset()
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        # dm_control warns on every reset that the rolling ball has no free joint to give a spawn velocity to.
+        absl_log.setLevel(logging.ERROR)
+        try:
+            self._env.reset()
+        finally:
+            absl_log.setLevel(level)
         physics = self._env.physics
         physics.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_WARMSTART
         joints = [self._walker.mjcf_model.find("joint", n) for n in ("steer", "roll")]
