@@ -1,4 +1,5 @@
-"""Memory-Maze (optional extra): layouts, exact reset-to-state, replay, success, gym API, resumable generation.
+"""Memory-Maze (optional extra): layouts, exact reset-to-state, replay, success, gym API, resumable generation,
+one-hot training windows and discrete CEM on its data.
 
 Tests that build the env skip when the extra is not installed; the missing-extra error is tested either way.
 """
@@ -14,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# torch's optimizers import torch._dynamo, which loads triton and its bundled LLVM; loaded after Mesa's EGL (the
+# headless renderer) has rendered, that segfaults, so it is loaded before any env here renders.
+import torch._dynamo  # noqa: F401
 from gymnasium.utils.env_checker import check_env
 
 from dinowm_core.data.policies import ExplorePolicy
@@ -222,3 +227,56 @@ def test_generation_stores_int_actions_and_resumes_per_episode(tmp_path: Path) -
     actions = store.actions(1)
     assert actions.dtype == np.int64 and actions.shape == (4, 1) and ((actions >= 0) & (actions < 6)).all()
     assert store.env_params(1) == {}
+
+
+def test_dataset_trains_on_one_hots_and_discrete_cem_plans(tmp_path: Path, env: mm.MemoryMazeEnv) -> None:
+    # The env presets set num_actions 6: windows one-hot the stored indices (frameskip concatenates them), a
+    # training step runs, and the plan preset's discrete MPC-CEM returns one-hot rows whose indices the env takes.
+    import torch
+
+    from dinowm_core import load_config
+    from dinowm_core.data.generate import generate
+    from dinowm_core.data.normalization import Normalizer
+    from dinowm_core.data.store import TrajectoryStore
+    from dinowm_core.data.windows import build_datasets
+    from dinowm_core.planning import make_planner
+    from dinowm_core.planning.common import discrete_action_set
+    from dinowm_core.presets import plan_config
+    from dinowm_core.training.checkpoint import load_config_from_checkpoint, load_world_model
+    from dinowm_core.training.hooks import TrainHooks
+    from dinowm_core.training.loop import fit
+
+    data = generate("memory_maze", 4, 5, tmp_path / "data", img_size=64, env_kwargs={"layout": "3x7"},
+                    progress=False)  # fmt: skip
+    cfg = load_config(["env=memory_maze_3x7", "encoder=dino_tiny", "encoder.pretrained=false",
+                       "predictor=vit_small", "decoder=none", "img_size=32", "data.allow_resize=true", "frameskip=2",
+                       "num_hist=1",
+                       f"data.path={data}", "data.num_workers=0", "training.batch_size=2", "training.max_steps=1",
+                       "training.num_val_rollouts=1", "training.val_max_batches=1",
+                       "training.num_reconstruct_samples=0", "training.amp=off", f"output_dir={tmp_path}"])  # fmt: skip
+    obs, act, _ = build_datasets(cfg)[0][0]
+    blocks = act.reshape(2, 2, 6)  # (frames, frameskip, one-hot)
+    assert torch.equal(blocks.sum(-1), torch.ones(2, 2)) and set(blocks.unique().tolist()) <= {0.0, 1.0}
+
+    torch.manual_seed(0)
+    run = fit(cfg, TrainHooks(device="cpu", run_dir=tmp_path / "run"))
+    assert run.steps == 1 and run.checkpoint is not None
+    wm = load_world_model(run.checkpoint).eval()
+    assert wm.action_encoder.in_dim == 12  # frameskip 2 x one-hot 6
+    plan_cfg = plan_config(load_config_from_checkpoint(run.checkpoint), [
+        "planner.horizon=2", "planner.mpc.n_taken_actions=1", "planner.cem.num_samples=8", "planner.cem.topk=2",
+        "planner.cem.opt_steps=2",
+    ])  # fmt: skip
+    assert plan_cfg.planner.name == "mpc_cem_discrete"  # from conf/plan/memory_maze.yaml
+    norm = Normalizer.from_manifest(TrajectoryStore(data).manifest)
+    planner = make_planner(plan_cfg.planner, wm, action_set=discrete_action_set(norm))
+    with torch.inference_mode():
+        z0 = wm.encode_obs({k: v[None, :1] for k, v in obs.items()})
+        zg = wm.encode_obs({k: v[None, 1:] for k, v in obs.items()})
+        result, _ = planner.plan(z0, zg, planner.init_state(1, [0]))
+    assert result.execute.shape[-1] == 12
+    indices = norm.denormalize_actions(result.execute.reshape(-1, 6))  # (steps, 1)
+    assert set(indices.unique().tolist()) <= set(range(6))
+    env.reset(seed=0)
+    for a in indices.numpy():
+        env.step(a)
