@@ -25,7 +25,9 @@ MODEL = ["env=four_rooms", "encoder=dino_tiny", "encoder.pretrained=false", "pre
 
 def test_generate_train_and_plan_with_discrete_mpc(tmp_path):
     torch.manual_seed(0)
-    data = generate("four_rooms", 8, 16, tmp_path / "data", policy="four_rooms_bfs", img_size=32, progress=False)
+    data = generate(
+        "four_rooms", 8, 16, tmp_path / "data", policy="four_rooms_bfs", img_size=32, progress=False
+    )
     cfg = load_config([*MODEL, f"data.path={data}", "data.num_workers=0", "training.batch_size=4",
                        "training.max_steps=2", "training.num_val_rollouts=1", "training.val_max_batches=1",
                        "training.num_reconstruct_samples=0", "training.amp=off", f"output_dir={tmp_path}"])  # fmt: skip
