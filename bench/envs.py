@@ -21,19 +21,25 @@ def rate(name: str, img_size: int, seconds: float, render: bool) -> float:
     init, _ = env.sample_init_goal(0)
     env.reset(options={"state": init})
     rng = np.random.default_rng(0)
-    space = env.action_space
-    if hasattr(space, "n"):  # discrete (four_rooms): an index
-        low, high = np.zeros(1), np.full(1, space.n - 1.0)
+    num_actions = getattr(env, "num_actions", None)
+    if num_actions is not None:  # a discrete env (four_rooms, memory_maze): an index, shape (1,)
+
+        def sample() -> np.ndarray:
+            return np.array([rng.integers(num_actions)], np.int64)
     else:
-        low, high = space.low, space.high
+        low, high = env.action_space.low, env.action_space.high
         low, high = np.where(np.isfinite(low), low, -1.0), np.where(np.isfinite(high), high, 1.0)
+
+        def sample() -> np.ndarray:
+            return rng.uniform(low, high)
+
     n, start = 0, time.perf_counter()
     while True:
-        action = rng.integers(low, high + 1) if hasattr(space, "n") else rng.uniform(low, high)
+        action = sample()
         if render:
             env.step(action)
         else:
-            env._step_dynamics(np.asarray(action, np.float64))
+            env._step_dynamics(action if action.dtype.kind == "i" else np.asarray(action, np.float64))
         n += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and n >= 3:
@@ -49,6 +55,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
     for name in args.envs:
+        try:
+            make_env(name, img_size=16).close()
+        except ImportError as e:  # an optional extra (memory_maze) that is not installed
+            print(json.dumps({"bench": "env_rate", "env": name, "skipped": str(e)}), flush=True)
+            continue
         row = {
             "bench": "env_rate",
             "env": name,

@@ -30,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @data_app.command("generate")
 def generate_cmd(
     env: str = typer.Option(
-        ..., help="env name: wall, pusht, point_maze, reacher, rope, granular, four_rooms"
+        ..., help="env name: wall, pusht, point_maze, reacher, rope, granular, four_rooms, memory_maze"
     ),
     episodes: int = typer.Option(..., min=1),
     steps: int = typer.Option(
@@ -45,9 +45,12 @@ def generate_cmd(
     policy: str = typer.Option(
         "random",
         help="random | noisy_goal (wall, point_maze, reacher) | pusht_push | four_rooms_random, "
-        "four_rooms_explore, four_rooms_bfs, two_rooms_bfs (four_rooms)",
+        "four_rooms_explore, four_rooms_bfs, two_rooms_bfs (four_rooms) | explore (memory_maze)",
     ),
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
+    env_kwarg: list[str] = typer.Option(
+        [], help="KEY=VALUE passed to the env constructor (repeatable; values read as YAML), e.g. layout=3x7"
+    ),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Roll a policy in an env and write a dataset (resumable: rerun the same command after an interruption).
@@ -64,16 +67,30 @@ def generate_cmd(
         check_policy(policy, env)
     except ValueError as e:
         _fail(str(e))
+    env_kwargs = _env_kwargs(env_kwarg)
     _warn_short_episodes(env, steps)
     try:
         path = generate(env, episodes, steps, out, seed, workers, img_size, policy,
-                        episodes_per_shard=episodes_per_shard, progress=progress)  # fmt: skip
+                        episodes_per_shard=episodes_per_shard, env_kwargs=env_kwargs,
+                        progress=progress)  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(str(e))
     except GenerationInterrupted as e:
         typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     typer.echo(f"wrote {path}")
+
+
+def _env_kwargs(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--env-kwarg {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _warn_short_episodes(env: str, steps: int) -> None:

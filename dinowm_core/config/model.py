@@ -12,7 +12,7 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms"] = Field(
+    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms", "memory_maze"] = Field(
         description="the environment (its simulator is in dinowm_core.envs)"
     )
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
@@ -20,7 +20,7 @@ class EnvConfig(ConfigModel):
         None,
         ge=2,
         description=(
-            "discrete envs (four_rooms): size of the action set. The stored action is its index (action_dim 1) "
+            "discrete envs (four_rooms, memory_maze): size of the action set. The stored action is its index (action_dim 1) "
             "and the model sees its one-hot, so a model step's action is f concatenated one-hots; None = continuous"
         ),
     )

@@ -54,6 +54,11 @@ _WORKER_ENV = {
 }
 
 
+# Resuming keeps finished shards, so a shard is the work an interruption can lose. Memory-Maze simulates ~30
+# steps/s (a 1000-step episode takes ~35 s): one episode per shard, so a rerun never redoes a finished episode.
+_MAX_AUTO_EPISODES_PER_SHARD = {"memory_maze": 1}
+
+
 class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C during generation: the finished shards stay in ``partial`` and the same command resumes."""
 
@@ -85,7 +90,8 @@ class GenerationSpec:
             raise ValueError(f"img_size must be >= 1, got {self.img_size}")
         check_policy(self.policy, self.env_name)  # before anything is written, not in the first worker
         if self.episodes_per_shard == 0:
-            object.__setattr__(self, "episodes_per_shard", min(100, max(1, math.ceil(self.episodes / 32))))
+            cap = _MAX_AUTO_EPISODES_PER_SHARD.get(self.env_name, 100)
+            object.__setattr__(self, "episodes_per_shard", min(cap, max(1, math.ceil(self.episodes / 32))))
 
     @property
     def num_shards(self) -> int:

@@ -1,5 +1,6 @@
-"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal`` and ``pusht_push``;
-the ``four_rooms_*`` / ``two_rooms_bfs`` presets live in :mod:`dinowm_core.data.four_rooms_policies`.
+"""Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal``, ``pusht_push`` and
+``explore`` (Memory-Maze); the ``four_rooms_*`` / ``two_rooms_bfs`` presets live in
+:mod:`dinowm_core.data.four_rooms_policies`.
 
 A policy is built per episode with its own ``numpy.random.Generator`` (derived from the dataset seed and the
 episode index), sees only the raw env state and returns an action in env units. :func:`make_policy` checks
@@ -160,11 +161,48 @@ class PushTPolicy:
         return a / self.PIXELS_PER_UNIT
 
 
+class ExplorePolicy:
+    """Memory-Maze exploration: a random walk over the discrete actions with persistence, turning at walls.
+
+    An action is held for a geometric number of steps (mean ``mean_hold``), so the agent crosses rooms
+    instead of jittering in place; forward moves are the most likely. A forward move that advances the agent
+    less than ``stuck_dist`` metres (a free forward step covers ~0.4 m) counts as blocked: the policy then turns
+    one way for a few steps. Reads state ``[x, y, ...]`` (world metres) and returns an index of shape (1,), int64.
+    """
+
+    NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT = range(6)
+    _CHOICES = np.array([NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT])
+    # Tuned on coverage (distinct cells visited in 300 steps): 15-17 of 3x7's 19 cells against 7-9 with half as
+    # many forward draws and shorter turns, and 1-4 for uniform random actions.
+    _WEIGHTS = np.array([0.02, 0.6, 0.08, 0.08, 0.11, 0.11])
+
+    def __init__(
+        self, env: PlanningEnv, rng: np.random.Generator, mean_hold: float = 5.0, stuck_dist: float = 0.15
+    ) -> None:
+        self.rng, self.mean_hold, self.stuck_dist = rng, mean_hold, stuck_dist
+        self.action, self.left = self.NOOP, 0
+        self.prev: np.ndarray | None = None
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        pos = np.asarray(state[:2], np.float64)
+        moving = self.action in (self.FORWARD, self.FORWARD_LEFT, self.FORWARD_RIGHT)
+        if moving and self.prev is not None and np.linalg.norm(pos - self.prev) < self.stuck_dist:
+            self.action = int(self.rng.choice([self.LEFT, self.RIGHT]))
+            self.left = int(self.rng.integers(4, 10))  # a turn step is ~20 deg: turn away by 80-190 deg
+        elif self.left <= 0:
+            self.action = int(self.rng.choice(self._CHOICES, p=self._WEIGHTS))
+            self.left = int(self.rng.geometric(1.0 / self.mean_hold))
+        self.left -= 1
+        self.prev = pos
+        return np.array([self.action], np.int64)
+
+
 POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
     "random": (RandomPolicy, None),
     "noisy_goal": (NoisyGoalPolicy, tuple(_GOAL_GAINS)),
     "pusht_push": (PushTPolicy, ("pusht",)),
     **{name: (cls, ("four_rooms",)) for name, cls in four_rooms_policies.POLICIES.items()},
+    "explore": (ExplorePolicy, ("memory_maze",)),
 }
 
 

@@ -101,7 +101,7 @@ class Episode:
         ):
             x = np.asarray(x)
             if name == "actions" and x.dtype.kind in "iu":
-                x = x.astype(np.int64)  # a discrete env's action index (four_rooms), kept exact
+                x = x.astype(np.int64)  # a discrete env's action index (four_rooms, memory_maze), kept exact
             elif x.dtype.kind != "f":
                 x = x.astype(default or np.float32)
             elif default is not None:

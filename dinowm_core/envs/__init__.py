@@ -15,6 +15,8 @@ _ENTRY_POINTS = {
     "granular": "dinowm_core.envs.deformable:GranularEnv",
     "reacher": "dinowm_core.envs.reacher:ReacherEnv",
     "four_rooms": "dinowm_core.envs.four_rooms:FourRoomsEnv",
+    # optional extra `memory_maze`: memory_maze.py imports the package only when an env is built
+    "memory_maze": "dinowm_core.envs.memory_maze:MemoryMazeEnv",
 }
 
 for _name, _entry in _ENTRY_POINTS.items():

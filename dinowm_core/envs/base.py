@@ -151,6 +151,7 @@ ENV_IDS = {
     "granular": "dinowm/Granular-v0",
     "reacher": "dinowm/Reacher-v0",
     "four_rooms": "dinowm/FourRooms-v0",
+    "memory_maze": "dinowm/MemoryMaze-v0",
 }
 
 
