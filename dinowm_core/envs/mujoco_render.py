@@ -33,6 +33,11 @@ import weakref
 
 import numpy as np
 
+# torch's optimizers import torch._dynamo, which loads triton and the LLVM it bundles; loaded after Mesa's GL driver
+# (and its own LLVM) that crashes the process (SIGSEGV at the first ``torch.optim`` after a render: GD planning or
+# training next to a MuJoCo env). Loading it first, before the EGL probe below loads any GL library, avoids that.
+import torch._dynamo  # noqa: F401
+
 __all__ = ["GL_BACKEND", "OffscreenRenderer", "mujoco"]
 
 log = logging.getLogger(__name__)

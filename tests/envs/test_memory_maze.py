@@ -15,10 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-# torch's optimizers import torch._dynamo, which loads triton and its bundled LLVM; loaded after Mesa's EGL (the
-# headless renderer) has rendered, that segfaults, so it is loaded before any env here renders.
-import torch._dynamo  # noqa: F401
 from gymnasium.utils.env_checker import check_env
 
 from dinowm_core.data.policies import ExplorePolicy
