@@ -5,6 +5,7 @@
 * ``train_step``: training samples/s of one window (forward + backward, memory read and written) per preset,
   relative to ``vit`` at the same width and depth (the quickstart predictor: 16 tokens per frame, width 84,
   depth 2, 3 frames, batch 32), and the memory state's bytes per sample;
+* ``train_step_reference``: the same at the reference sizes (196 patches, width 404, depth 6, MLP 2048; batch 2);
 * ``peak``: resident memory a training step adds (fresh process per preset; on a GPU read
   ``torch.cuda.max_memory_allocated`` instead);
 * ``plan``: seconds per CEM plan (64 samples x 5 iterations x H5, 4 episodes) relative to ``vit`` (which plans
@@ -97,15 +98,38 @@ def _wm(preset: str, overrides: list[str]):
     return cfg, build_world_model(cfg)
 
 
-def _train_step(preset: str):
+def _reference_predictor(preset: str):
+    """``preset``'s predictor at the reference sizes: 196 patches (224 px), width 404 (DINOv2 ViT-S/14 + proprio
+    and action embeddings), depth 6, 16 heads of 64, MLP 2048, 3 frames."""
+    import yaml
+
+    from dinowm_core.config import MemoryConfig
+    from dinowm_core.models.memory.predictor import MemoryPredictor
+    from dinowm_core.models.predictor import ViTPredictor
+    from dinowm_core.presets import conf_dir
+
+    torch.manual_seed(0)
+    sizes = {"num_patches": 196, "num_frames": 3, "dim": 404, "depth": 6, "heads": 16, "dim_head": 64,
+             "mlp_dim": 2048, "dropout": 0.0, "residual": True}  # fmt: skip
+    if preset == "vit":
+        return ViTPredictor(**sizes)
+    raw = yaml.safe_load((conf_dir() / "predictor" / f"{preset}.yaml").read_text())
+    return MemoryPredictor(**sizes, memory=MemoryConfig(**raw["memory"]), attention=raw["name"] != "mamba",
+                           action_channels=10)  # fmt: skip
+
+
+def _train_step(preset: str, scale: str = "quickstart"):
     """A closure running one training step of ``preset``'s predictor (forward + backward + SGD), and its
-    parameter count and memory bytes per sample."""
-    _, wm = _wm(preset, [])
-    pred = wm.predictor.train()
-    x = torch.randn(32, 3 * pred.num_patches, pred.dim)
+    parameter count and memory bytes per sample. ``scale``: the quickstart predictor (batch 32) or the reference
+    one (batch 2)."""
+    if scale == "reference":
+        pred, batch = _reference_predictor(preset).train(), 2
+    else:
+        pred, batch = _wm(preset, [])[1].predictor.train(), 32
+    x = torch.randn(batch, 3 * pred.num_patches, pred.dim)
     opt = torch.optim.SGD(pred.parameters(), lr=1e-3)
     has_memory = hasattr(pred, "forward_memory")
-    state = pred.init_state(32) if has_memory else {}
+    state = pred.init_state(batch) if has_memory else {}
     if has_memory:  # a memory that holds some frames, as mid-sequence
         with torch.no_grad():
             _, state = pred.forward_memory(x, state, commit=3)
@@ -120,12 +144,12 @@ def _train_step(preset: str):
     return step, sum(p.numel() for p in pred.parameters()), state_bytes
 
 
-def bench_train_step(rounds: int = 10, clock: str = "wall") -> None:
+def bench_train_step(rounds: int = 10, clock: str = "wall", scale: str = "quickstart") -> None:
     """Every preset's step, interleaved round by round (a load that comes and goes hits all presets alike);
     the best round per preset. ``clock=cpu`` reads the process's CPU time (with 1 thread: the work, whatever
     else runs on the machine)."""
     timer = time.process_time if clock == "cpu" else time.perf_counter
-    steps = {preset: _train_step(preset) for preset in PRESETS}
+    steps = {preset: _train_step(preset, scale) for preset in PRESETS}
     best = dict.fromkeys(PRESETS, float("inf"))
     for step, _, _ in steps.values():
         step()  # warm-up
@@ -136,7 +160,8 @@ def bench_train_step(rounds: int = 10, clock: str = "wall") -> None:
             best[preset] = min(best[preset], timer() - t)
     for preset, (_, params, state_bytes) in steps.items():
         secs = best[preset]
-        emit(case="train_step", preset=preset, step_s=round(secs, 4), samples_per_s=round(32 / secs, 1),
+        batch = 2 if scale == "reference" else 32
+        emit(case="train_step", scale=scale, preset=preset, step_s=round(secs, 4), samples_per_s=round(batch / secs, 2),
              vs_vit=round(secs / best["vit"], 2), params=params, state_bytes_per_sample=state_bytes,
              clock=clock, threads=torch.get_num_threads(), rounds=rounds)  # fmt: skip
 
@@ -248,6 +273,7 @@ def main() -> None:
     cases = {
         "recall": bench_recall,
         "train_step": lambda: bench_train_step(clock=args.clock),
+        "train_step_reference": lambda: bench_train_step(rounds=3, clock=args.clock, scale="reference"),
         "peak": bench_peak,
         "plan": bench_plan,
         "length": bench_length,
