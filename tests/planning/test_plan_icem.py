@@ -11,6 +11,7 @@ from dinowm_core.config import ConfigError, ICEMConfig, MPCConfig, PlannerConfig
 from dinowm_core.planning import PlanState, make_planner
 from dinowm_core.planning.icem import num_kept, population_sizes
 from dinowm_core.planning.noise import colored_noise
+from dinowm_core.presets import config_dict, plan_config
 from tests.conftest import TINY
 from tests.planning.plan_helpers import IntegratorWM, latents, plan_once
 
@@ -218,3 +219,19 @@ def test_make_planner_builds_icem_from_its_preset(name):
     result, state = planner.plan(z0, zg, planner.init_state(2, [0, 1]))
     assert result.execute.shape == (2, 1 if planner.closed_loop else 2, A)
     assert (state.warm_elites is not None) == planner.closed_loop
+
+
+def test_planner_fast_is_the_env_s_measured_preset_or_the_conservative_default(tmp_path, monkeypatch):
+    wall = load_config([*TINY, "planner=fast"])  # TINY is a Wall model
+    assert wall.presets["planner"] == "fast/wall" and wall.planner.name.startswith("mpc_")
+    pusht = load_config([*TINY, "env=pusht", "planner=fast"])
+    assert pusht.presets["planner"] == "fast/default" and pusht.planner.name == "mpc_icem"
+    # `dinowm plan` applies the env's planning preset; planner=fast still decides the planner.
+    planned = plan_config(wall, ["planner=fast", "planner.icem.opt_steps=4"])
+    assert planned.planner.name == wall.planner.name and planned.planner.icem.opt_steps == 4
+    assert planned.presets["plan"] == "wall"
+    # a conf dir without planner_fast files says what is missing
+    monkeypatch.setenv("DINOWM_CONF_DIR", str(tmp_path))
+    (tmp_path / "config.yaml").write_text("defaults: {planner: fast}\nenv: {name: wall}\n")
+    with pytest.raises(ConfigError, match="planner=fast: no wall.yaml and no default.yaml"):
+        config_dict([])
