@@ -313,7 +313,7 @@ def plot(rows: list[dict], path: Path) -> None:
             if not pts:
                 continue
             x, y = [p[0] for p in pts], [p[1] for p in pts]
-            ax.plot(x, y, "o-", color=color, label=fam)
+            ax.plot(x, y, "o", color=color, label=fam)  # variants differ in more than rollouts: no lines
             if key == "success_rate":
                 lo = [p[1] - p[2]["success_ci95"][0] for p in pts]
                 hi = [p[2]["success_ci95"][1] - p[1] for p in pts]
