@@ -39,7 +39,9 @@ from dinowm_core.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 GROUPS = ("env", "encoder", "predictor", "decoder", "planner")
-OPEN_LOOP_PLANNERS = ("cem", "gd", "cem_discrete")
+OPEN_LOOP_PLANNERS = ("cem", "icem", "mppi", "gd", "cem_discrete")
+#: ``planner=fast`` is per env: ``conf/planner_fast/<env>.yaml``, else ``conf/planner_fast/default.yaml``
+FAST_PLANNER = "fast"
 #: goal sources whose goal lies goal_H model steps ahead (random_state / file goals have no such distance)
 DISTANCE_GOAL_SOURCES = ("dset", "random_action")
 #: ``presets.plan`` of a checkpoint exported by a planner sweep (``ray_jobs.tune_finish``): "sweep:<name>/<trial>"
@@ -134,7 +136,11 @@ def config_dict(overrides: list[str] | None = None, base: dict[str, Any] | None 
     for group, name in chosen.items():
         if group not in GROUPS:
             raise ConfigError(f"defaults: unknown group {group!r} (groups: {', '.join(GROUPS)})")
-        tree[group] = _load_preset(group, str(name))
+        if not (group == "planner" and str(name) == FAST_PLANNER):
+            tree[group] = _load_preset(group, str(name))
+    if str(chosen.get("planner")) == FAST_PLANNER:  # after env=..., whatever the order on the command line
+        env = str((tree.get("env") or {}).get("name", ""))
+        tree["planner"], chosen["planner"] = fast_planner(env)
     if chosen:
         tree["presets"] = {**tree.get("presets", {}), **{k: str(v) for k, v in chosen.items()}}
     for key, value in pairs:
@@ -154,6 +160,20 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 # ---- planning presets -------------------------------------------------------------------------------------
+
+
+def fast_planner(env: str) -> tuple[dict[str, Any], str]:
+    """``planner=fast``: the cheapest planner measured to match full CEM on ``env`` (BENCHMARKS.md, Planners)
+    -> (the planner section, its name as recorded in ``cfg.presets["planner"]``). An env without a file of its
+    own gets ``default.yaml``, a conservative iCEM not measured there."""
+    path = conf_dir() / "planner_fast" / f"{env}.yaml"
+    name = f"{FAST_PLANNER}/{env}"
+    if not path.is_file():
+        path, name = conf_dir() / "planner_fast" / "default.yaml", f"{FAST_PLANNER}/default"
+        if not path.is_file():
+            raise ConfigError(f"planner=fast: no {env}.yaml and no default.yaml in {path.parent}")
+        log.info("planner=fast: no measured preset for env %r, using %s (not measured there)", env, path)
+    return read_yaml(path), name
 
 
 def preset_path(env: str) -> Path:

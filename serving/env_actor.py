@@ -38,19 +38,23 @@ log = logging.getLogger(__name__)
 
 Obs = dict[str, np.ndarray]
 
-#: PlannerParams field -> where the planner config holds it (CEM / GD planners differ for opt_steps)
-_CEM_FIELDS = {"num_samples": ("cem", "num_samples"), "topk": ("cem", "topk"), "var_scale": ("cem", "var_scale"),
-               "opt_steps": ("cem", "opt_steps")}  # fmt: skip
-_GD_FIELDS = {"lr": ("gd", "lr"), "opt_steps": ("gd", "opt_steps")}
+#: PlannerParams fields each optimizer has; each lives in the config section of the planner's optimizer
+_FIELDS = {
+    "cem": ("num_samples", "topk", "var_scale", "opt_steps"),
+    "icem": ("num_samples", "topk", "var_scale", "opt_steps", "beta"),
+    "mppi": ("num_samples", "var_scale", "opt_steps", "beta", "temperature"),
+    "gd": ("lr", "opt_steps"),
+}
+_OPTIMIZERS = tuple(_FIELDS)
 
 
 def planner_params(planner_cfg: Any) -> dict[str, Any]:
     """A :class:`~dinowm_core.config.PlannerConfig` -> the service's planner settings (every field set, so the
     service plans with these values and not its checkpoint's defaults)."""
     p = planner_cfg
-    fields = _CEM_FIELDS if p.name.endswith("cem") else _GD_FIELDS
+    kind = p.name.removeprefix("mpc_")
     out: dict[str, Any] = {"name": p.name, "horizon": p.horizon, "alpha": p.objective.alpha}
-    out.update({k: getattr(getattr(p, group), name) for k, (group, name) in fields.items()})
+    out.update({k: getattr(getattr(p, kind), k) for k in _FIELDS[kind]})
     if p.name.startswith("mpc_"):
         out["n_taken_actions"] = p.mpc.n_taken_actions
     return out
@@ -60,13 +64,13 @@ def unsendable_differences(planner_cfg: Any, service_planner: dict[str, Any]) ->
     """The planner settings that the request cannot carry and where the service's defaults differ from
     ``planner_cfg`` (e.g. ``objective.mode``): plans would differ from the in-process evaluation's."""
     want = planner_cfg.model_dump()
-    sent = {("cem", "num_samples"), ("cem", "topk"), ("cem", "var_scale"), ("cem", "opt_steps"), ("gd", "lr"),
-            ("gd", "opt_steps"), ("mpc", "n_taken_actions"), ("objective", "alpha")}  # fmt: skip
+    kind = planner_cfg.name.removeprefix("mpc_")
+    sent = {(kind, k) for k in _FIELDS[kind]} | {("mpc", "n_taken_actions"), ("objective", "alpha")}
     exact = {"kv_cache", "align", "compile", "chunk_size"}  # the same plans either way (tested in the core)
     out = []
     for key, value in want.items():
-        if key in ("name", "horizon") or key in exact:
-            continue
+        if key in ("name", "horizon") or key in exact or (key in _OPTIMIZERS and key != kind):
+            continue  # another optimizer's settings do not change this planner's plans
         if isinstance(value, dict):
             for sub, v in value.items():
                 have = (service_planner.get(key) or {}).get(sub)

@@ -27,7 +27,7 @@ MAX_ACTION_DIM = 256
 MAX_ACTION_STEPS = 4096
 MAX_SEED = 2**63 - 1
 
-PlannerName = Literal["cem", "gd", "mpc_cem", "mpc_gd"]
+PlannerName = Literal["cem", "gd", "icem", "mppi", "mpc_cem", "mpc_gd", "mpc_icem", "mpc_mppi"]
 EnvAction = Annotated[
     list[float], Field(min_length=1, max_length=MAX_ACTION_DIM, description="one env step's action")
 ]
@@ -79,20 +79,35 @@ class Observation(Body):
 class PlannerParams(Body):
     """Planner settings; every field unset keeps the loaded checkpoint's ``planner.*`` value.
 
-    Flat names map onto the config: ``num_samples``, ``topk``, ``var_scale`` -> ``planner.cem.*``;
-    ``opt_steps`` -> ``planner.cem.opt_steps`` or ``planner.gd.opt_steps`` (whichever optimizer the planner
-    uses); ``lr`` -> ``planner.gd.lr``; ``n_taken_actions`` -> ``planner.mpc.n_taken_actions``; ``alpha`` ->
-    ``planner.objective.alpha``.
+    Flat names map onto the config: ``num_samples``, ``topk``, ``var_scale``, ``beta`` -> the sampling
+    optimizer's section (``planner.cem.*``, ``planner.icem.*`` or ``planner.mppi.*``; MPPI has no ``topk``, CEM
+    no ``beta``); ``opt_steps`` -> the planner's optimizer (``planner.<cem|icem|mppi|gd>.opt_steps``); ``lr``
+    -> ``planner.gd.lr``; ``temperature`` -> ``planner.mppi.temperature``; ``n_taken_actions`` ->
+    ``planner.mpc.n_taken_actions``; ``alpha`` -> ``planner.objective.alpha``.
     """
 
     name: PlannerName | None = Field(
-        None, description="cem / gd: one open-loop plan; mpc_cem / mpc_gd: receding horizon"
+        None,
+        description="cem / icem / mppi / gd: one open-loop plan; mpc_cem / mpc_icem / mpc_mppi / mpc_gd: receding "
+        "horizon",
     )
     horizon: int | None = Field(None, ge=1, le=64, description="planning horizon in model steps")
-    num_samples: int | None = Field(None, ge=1, le=4096, description="CEM samples per iteration")
-    topk: int | None = Field(None, ge=1, le=4096, description="CEM elites per iteration (<= num_samples)")
-    opt_steps: int | None = Field(None, ge=1, le=1000, description="optimizer iterations (CEM or GD)")
-    var_scale: float | None = Field(None, gt=0, le=1e3, description="CEM initial standard deviation")
+    num_samples: int | None = Field(
+        None, ge=1, le=4096, description="samples per iteration (CEM, MPPI; iCEM: the first iteration's)"
+    )
+    topk: int | None = Field(
+        None, ge=1, le=4096, description="CEM / iCEM elites per iteration (<= num_samples)"
+    )
+    opt_steps: int | None = Field(
+        None, ge=1, le=1000, description="optimizer iterations (CEM, iCEM, MPPI or GD)"
+    )
+    var_scale: float | None = Field(
+        None, gt=0, le=1e3, description="initial standard deviation of the samples (CEM, iCEM, MPPI)"
+    )
+    beta: float | None = Field(
+        None, ge=0, le=6, description="iCEM / MPPI coloured-noise exponent (0 = white)"
+    )
+    temperature: float | None = Field(None, gt=0, le=1e6, description="MPPI temperature (objective units)")
     lr: float | None = Field(None, gt=0, le=1e3, description="GD learning rate")
     n_taken_actions: int | None = Field(
         None, ge=1, le=64, description="MPC: model steps executed per plan (<= horizon)"

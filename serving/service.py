@@ -61,17 +61,27 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: flat PlannerParams name -> dotted config key ("{kind}" is the planner's optimizer: cem or gd)
+#: flat PlannerParams name -> dotted config key; "{kind}" is the planner's optimizer (cem, icem, mppi or gd) and
+#: "{sampler}" the sampling optimizer whose settings apply (a gd planner keeps them in planner.cem, unused)
 PLANNER_KEYS = {
     "name": "planner.name",
     "horizon": "planner.horizon",
-    "num_samples": "planner.cem.num_samples",
-    "topk": "planner.cem.topk",
-    "var_scale": "planner.cem.var_scale",
+    "num_samples": "planner.{sampler}.num_samples",
+    "topk": "planner.{sampler}.topk",
+    "var_scale": "planner.{sampler}.var_scale",
     "opt_steps": "planner.{kind}.opt_steps",
     "lr": "planner.gd.lr",
+    "beta": "planner.{sampler}.beta",
+    "temperature": "planner.mppi.temperature",
     "n_taken_actions": "planner.mpc.n_taken_actions",
     "alpha": "planner.objective.alpha",
+}
+#: the PlannerParams that a planner kind does not have (a request naming one is refused, not ignored)
+NOT_FOR = {
+    "cem": {"beta", "temperature"},
+    "icem": {"temperature"},
+    "mppi": {"topk"},
+    "gd": {"beta", "temperature"},
 }
 
 
@@ -89,6 +99,7 @@ def _stack_states(states: Sequence[PlanState]) -> PlanState:
         rng=torch.cat([s.rng for s in states]), rng_device=states[0].rng_device, warm_start=cat("warm_start"),
         past_actions=cat("past_actions"), step=0,
         memory={k: torch.cat([s.memory[k] for s in states]) for k in states[0].memory},
+        warm_elites=cat("warm_elites"),
     )  # fmt: skip
 
 
@@ -101,14 +112,14 @@ def _row(state: PlanState, i: int, step: int) -> PlanState:
     return PlanState(
         rng=state.rng[i : i + 1].clone(), rng_device=state.rng_device, warm_start=one(state.warm_start),
         past_actions=one(state.past_actions), step=step,
-        memory={k: one(v) for k, v in state.memory.items()},
+        memory={k: one(v) for k, v in state.memory.items()}, warm_elites=one(state.warm_elites),
     )  # fmt: skip
 
 
 def _shape_key(state: PlanState) -> tuple[Any, ...]:
     """States with equal keys stack into one batch."""
     shape = lambda t: None if t is None else tuple(t.shape[1:])  # noqa: E731
-    return (state.rng_device, shape(state.warm_start), shape(state.past_actions),
+    return (state.rng_device, shape(state.warm_start), shape(state.past_actions), shape(state.warm_elites),
             tuple(sorted((k, tuple(v.shape[1:])) for k, v in state.memory.items())))  # fmt: skip
 
 
@@ -218,22 +229,27 @@ class PlanningService:
         base = self.cfg.planner
         name = params.name or base.name
         kind = name.removeprefix("mpc_")
+        sampler = "cem" if kind == "gd" else kind
         given = params.model_dump(exclude_none=True)
-        num_samples = given.get("num_samples", base.cem.num_samples)
+        wrong = sorted(NOT_FOR[kind] & set(given))
+        if wrong:
+            return RequestError(422, f"planner.{wrong[0]}", f"planner {name!r} has no setting {wrong[0]!r}")
+        section = getattr(base, sampler)
+        num_samples = given.get("num_samples", section.num_samples)
         horizon = given.get("horizon", base.horizon)
-        if given.get("topk", base.cem.topk) > num_samples:
+        topk = given.get("topk", getattr(section, "topk", 1))
+        if topk > num_samples:
             field = "topk" if "topk" in given else "num_samples"
             return RequestError(
-                422, f"planner.{field}", f"topk ({given.get('topk', base.cem.topk)}) must not exceed "
-                f"num_samples ({num_samples})"
-            )  # fmt: skip
+                422, f"planner.{field}", f"topk ({topk}) must not exceed num_samples ({num_samples})"
+            )
         n_taken = given.get("n_taken_actions", base.mpc.n_taken_actions)
         if name.startswith("mpc_") and n_taken > horizon:
             field = "n_taken_actions" if "n_taken_actions" in given else "horizon"
             return RequestError(
                 422, f"planner.{field}", f"n_taken_actions ({n_taken}) must not exceed horizon ({horizon})"
             )
-        keys = {k: PLANNER_KEYS[k].format(kind=kind) for k in given}
+        keys = {k: PLANNER_KEYS[k].format(kind=kind, sampler=sampler) for k in given}
         try:
             cfg = apply_overrides(self.cfg, [f"{keys[k]}={v}" for k, v in given.items()])
         except ConfigError as e:
@@ -329,7 +345,9 @@ class PlanningService:
         cfg = self.planner_config(req.planner)
         if not cfg.name.startswith("mpc_"):
             raise RequestError(
-                422, "planner.name", f"a session needs an MPC planner (mpc_cem or mpc_gd), got {cfg.name!r}"
+                422,
+                "planner.name",
+                f"a session needs an MPC planner (mpc_cem, mpc_icem, mpc_mppi or mpc_gd), got {cfg.name!r}",
             )
         z_goal = self._encode([self._prepare(req.goal, "goal")])
         state = self._planner(cfg).init_state(1, [req.seed], device=self.device)

@@ -23,7 +23,9 @@ from dinowm_core.config.planning import (
     CEMConfig,
     EvalConfig,
     GDConfig,
+    ICEMConfig,
     MPCConfig,
+    MPPIConfig,
     ObjectiveConfig,
     PlannerConfig,
 )
@@ -32,7 +34,7 @@ from dinowm_core.config.training import DataConfig, TrainingConfig
 
 __all__ = [
     "DECODER_SCALE", "MODEL_KEYS", "CEMConfig", "Config", "ConfigError", "ConfigModel", "DataConfig",
-    "DecoderConfig", "DinoName", "EncoderConfig", "EnvConfig", "EvalConfig", "GDConfig", "MPCConfig",
+    "DecoderConfig", "DinoName", "EncoderConfig", "EnvConfig", "EvalConfig", "GDConfig", "ICEMConfig", "MPCConfig", "MPPIConfig",
     "MemoryConfig", "ObjectiveConfig", "PlannerConfig", "PredictorConfig", "TrainingConfig",
     "format_errors", "model_differences",
 ]  # fmt: skip

@@ -12,9 +12,9 @@ from dinowm_core.config.base import ConfigModel
 class EnvConfig(ConfigModel):
     """What the model needs to know about an environment (the simulators live in ``dinowm_core.envs``)."""
 
-    name: Literal["wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms", "memory_maze"] = Field(
-        description="the environment (its simulator is in dinowm_core.envs)"
-    )
+    name: Literal[
+        "wall", "point_maze", "pusht", "rope", "granular", "reacher", "four_rooms", "memory_maze"
+    ] = Field(description="the environment (its simulator is in dinowm_core.envs)")
     action_dim: int = Field(gt=0, description="raw per-step action dim d (before frameskip concat)")
     num_actions: int | None = Field(
         None,

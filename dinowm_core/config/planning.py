@@ -25,6 +25,60 @@ class CEMConfig(ConfigModel):
     )
 
 
+class ICEMConfig(ConfigModel):
+    """iCEM (Pinneri et al. 2020; dinowm_core/planning/icem.py). Defaults are the paper's: K 10 elites, 3
+    iterations, beta 2, population decay 1.25, 30% of the elites kept, momentum 0.1, execute the best sequence.
+    The initial std is in normalized action units (1 = the data's std; the paper's 0.5 is in [-1, 1] env units)."""
+
+    num_samples: int = Field(300, gt=0, description="population of the first iteration (N)")
+    topk: int = Field(10, gt=0, description="elites per iteration (K, >= 2)")
+    opt_steps: int = Field(3, gt=0, description="iterations per plan")
+    var_scale: float = Field(1.0, gt=0, description="initial std of the sampling distribution")
+    beta: float = Field(
+        2.0,
+        ge=0,
+        le=6,
+        description="coloured-noise exponent: power spectrum 1/f^beta along the horizon (0 = white)",
+    )
+    population_decay: float = Field(
+        1.25, ge=1, description="population of iteration i: max(num_samples / decay^i, 2 * topk)"
+    )
+    keep_elites: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="fraction of the elites kept into the next iteration and the next MPC call",
+    )
+    momentum: float = Field(
+        0.1, ge=0, lt=1, description="mean and std <- momentum * old + (1 - momentum) * elite statistics"
+    )
+    execute: Literal["best", "mean"] = Field(
+        "best", description="return the best sequence sampled (paper) or the final mean (as CEM)"
+    )
+    chunk_size: int | None = Field(
+        None, gt=0, description="rollouts per predictor call (B*N split); None = all"
+    )
+
+
+class MPPIConfig(ConfigModel):
+    """MPPI (dinowm_core/planning/mppi.py): softmax(-(loss - min) / temperature)-weighted mean updates."""
+
+    num_samples: int = Field(300, gt=0, description="samples per iteration (N)")
+    opt_steps: int = Field(6, gt=0, description="iterations per plan")
+    var_scale: float = Field(1.0, gt=0, description="std of the perturbations (the maximum with adapt_std)")
+    temperature: float = Field(
+        0.01, gt=0, description="lambda, in units of the objective: small = the best sample wins"
+    )
+    beta: float = Field(
+        0.0, ge=0, le=6, description="coloured-noise exponent of the perturbations (0 = white)"
+    )
+    adapt_std: bool = Field(False, description="std <- the weighted std of the samples (else fixed)")
+    min_std: float = Field(0.05, gt=0, description="lower clamp of the adapted std")
+    chunk_size: int | None = Field(
+        None, gt=0, description="rollouts per predictor call (B*N split); None = all"
+    )
+
+
 class GDConfig(ConfigModel):
     lr: float = Field(1.0, gt=0, description="step size on the actions")
     opt_steps: int = Field(1000, gt=0, description="gradient steps per plan")
@@ -57,14 +111,18 @@ class ObjectiveConfig(ConfigModel):
 
 
 class PlannerConfig(ConfigModel):
-    name: Literal["cem", "gd", "mpc_cem", "mpc_gd", "cem_discrete", "mpc_cem_discrete"] = Field(
+    name: Literal[
+        "cem", "gd", "icem", "mppi", "mpc_cem", "mpc_gd", "mpc_icem", "mpc_mppi", "cem_discrete", "mpc_cem_discrete"
+    ] = Field(
         "cem",
-        description="cem / gd: one open-loop plan; mpc_*: replan after planner.mpc.n_taken_actions; "
-        "*_discrete: CEM over a discrete action set (four_rooms)",
-    )
+        description="cem / icem / mppi / gd: one open-loop plan; mpc_*: replan after planner.mpc.n_taken_actions; "
+        "*_discrete: CEM over a discrete action set (four_rooms, memory_maze)",
+    )  # fmt: skip
     horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
     cem: CEMConfig = Field(default_factory=CEMConfig)
     gd: GDConfig = Field(default_factory=GDConfig)
+    icem: ICEMConfig = Field(default_factory=ICEMConfig)
+    mppi: MPPIConfig = Field(default_factory=MPPIConfig)
     mpc: MPCConfig = Field(default_factory=MPCConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     amp: bool = Field(False, description="bf16 autocast in planning rollouts (fp32 objective)")
@@ -86,6 +144,20 @@ class PlannerConfig(ConfigModel):
             raise ValueError(
                 f"planner.cem.topk ({self.cem.topk}) must not exceed planner.cem.num_samples "
                 f"({self.cem.num_samples})"
+            )
+        if self.icem.topk < 2:
+            raise ValueError(
+                f"planner.icem.topk must be >= 2 (the std of the elites is unbiased), got {self.icem.topk}"
+            )
+        if self.icem.topk > self.icem.num_samples:
+            raise ValueError(
+                f"planner.icem.topk ({self.icem.topk}) must not exceed planner.icem.num_samples "
+                f"({self.icem.num_samples})"
+            )
+        if self.mppi.min_std > self.mppi.var_scale:
+            raise ValueError(
+                f"planner.mppi.min_std ({self.mppi.min_std}) must not exceed planner.mppi.var_scale "
+                f"({self.mppi.var_scale})"
             )
         if self.name.startswith("mpc_") and self.mpc.n_taken_actions > self.horizon:
             raise ValueError(

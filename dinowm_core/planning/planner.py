@@ -1,11 +1,11 @@
 """The one planner interface: ``make_planner(cfg, wm).plan(z_obs, z_goal, state) -> (result, state)``.
 
-CEM and GD are optimizers of one :class:`~dinowm_core.planning.problem.PlanProblem`; a :class:`Planner` wraps
-either, open loop or receding horizon (MPC, reference section 5.6) depending on the config alone
-(``planner.name``: ``cem``, ``gd``, ``mpc_cem``, ``mpc_gd``; ``cem_discrete``, ``mpc_cem_discrete`` for a discrete
-env, over the ``action_set`` passed to :func:`make_planner`). An MPC plan executes its first
-``n_taken_actions`` steps and keeps the untaken tail as the next plan's warm start (padded up to H by the
-optimizer); an open-loop plan is executed whole.
+CEM, iCEM, MPPI and GD are optimizers of one :class:`~dinowm_core.planning.problem.PlanProblem`; a
+:class:`Planner` wraps any of them, open loop or receding horizon (MPC, reference section 5.6) depending on the
+config alone (``planner.name``: ``cem``, ``icem``, ``mppi``, ``gd`` or the same with ``mpc_``; ``cem_discrete``,
+``mpc_cem_discrete`` for a discrete env, over the ``action_set`` passed to :func:`make_planner`). An MPC plan
+executes its first ``n_taken_actions`` steps and keeps the untaken tail as the next plan's warm start (padded up
+to H by the optimizer); iCEM also keeps its shifted elites. An open-loop plan is executed whole.
 
 Everything that must survive between calls is in :class:`PlanState`, a plain value the caller holds (the
 evaluation loop, a Ray actor, an HTTP session): the warm start, the executed actions that the next call's
@@ -31,10 +31,16 @@ from dinowm_core.config import PlannerConfig
 from dinowm_core.planning.cem import cem, cem_discrete
 from dinowm_core.planning.common import ActionBounds, Obs, PlanResult
 from dinowm_core.planning.gd import gd
+from dinowm_core.planning.icem import icem
+from dinowm_core.planning.mppi import mppi
 from dinowm_core.planning.problem import PlanProblem
 from dinowm_core.planning.rollout import Rollout
 
 STATE_FORMAT = "dinowm-plan-state/1"
+#: the optional action tensors of a PlanState (a reader ignores the names it does not know: format /1 stays)
+ACTION_TENSORS = ("warm_start", "past_actions", "warm_elites")
+#: planner.name without ``mpc_`` -> the optimizer's config section
+KINDS = ("cem", "icem", "mppi", "gd", "cem_discrete")
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,9 @@ class PlanState:
     rng (B, L) uint8: each episode's generator state (CPU tensor; ``rng_device`` is where the generator runs);
     warm_start (B, H - n_taken, A) or None; past_actions (B, k, A) or None: the last executed model actions,
     k <= num_hist - 1, the context actions of the next call's earlier frames; step: plan calls so far;
-    memory: a memory predictor's per-episode tensors (empty for the ViT predictor).
+    memory: a memory predictor's per-episode tensors (empty for the ViT predictor); warm_elites
+    (B, k, H - n_taken, A) or None: iCEM's kept elites, shifted like the warm start (states written before it
+    existed read as None).
     """
 
     rng: torch.Tensor
@@ -53,6 +61,7 @@ class PlanState:
     past_actions: torch.Tensor | None = None
     step: int = 0
     memory: dict[str, torch.Tensor] = field(default_factory=dict)
+    warm_elites: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.rng.dtype != torch.uint8 or self.rng.ndim != 2:
@@ -64,6 +73,9 @@ class PlanState:
             t = getattr(self, name)
             if t is not None and (t.ndim != 3 or t.shape[0] != b):
                 raise ValueError(f"plan state: {name} must be ({b}, n, A), got {tuple(t.shape)}")
+        e = self.warm_elites
+        if e is not None and (e.ndim != 4 or e.shape[0] != b):
+            raise ValueError(f"plan state: warm_elites must be ({b}, k, n, A), got {tuple(e.shape)}")
         if self.step < 0:
             raise ValueError(f"plan state: step must be >= 0, got {self.step}")
 
@@ -95,7 +107,7 @@ class PlanState:
     def to_bytes(self) -> bytes:
         """safetensors bytes: tensors + string metadata (never a pickle)."""
         tensors = {"rng": self.rng.contiguous()}
-        for name in ("warm_start", "past_actions"):
+        for name in ACTION_TENSORS:
             t = getattr(self, name)
             if t is not None:
                 tensors[name] = t.detach().float().cpu().contiguous()
@@ -122,15 +134,12 @@ class PlanState:
         return cls(
             rng=tensors["rng"], rng_device=meta.get("rng_device", "cpu"), warm_start=tensors.get("warm_start"),
             past_actions=tensors.get("past_actions"), step=step, memory=memory,
+            warm_elites=tensors.get("warm_elites"),
         )  # fmt: skip
 
     def to(self, device: torch.device | str) -> PlanState:
         """The same state with its action tensors on ``device`` (the RNG states stay on the CPU)."""
-        move = {
-            n: getattr(self, n).to(device)
-            for n in ("warm_start", "past_actions")
-            if getattr(self, n) is not None
-        }
+        move = {n: getattr(self, n).to(device) for n in ACTION_TENSORS if getattr(self, n) is not None}
         return replace(self, **move, memory={k: v.to(device) for k, v in self.memory.items()})
 
 
@@ -141,7 +150,7 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 class Planner:
-    """CEM or GD, open loop or MPC, behind ``plan(z_obs, z_goal, state) -> (PlanResult, PlanState)``.
+    """CEM, iCEM, MPPI or GD, open loop or MPC, behind ``plan(z_obs, z_goal, state) -> (PlanResult, PlanState)``.
 
     Built by :func:`make_planner`. ``closed_loop`` says whether a plan is meant to be followed by another (MPC)
     or executed whole; ``n_execute`` is how many model steps of each plan the caller runs (``result.execute``).
@@ -160,7 +169,7 @@ class Planner:
         self.cfg, self.wm, self.bounds = cfg, wm, bounds
         self.zero_action, self.action_dim, self.action_set = zero_action, action_dim, action_set
         self.kind = cfg.name.removeprefix("mpc_")
-        if self.kind not in ("cem", "gd", "cem_discrete"):
+        if self.kind not in KINDS:
             raise ValueError(f"unknown planner {cfg.name!r}")
         if self.kind == "cem_discrete" and action_set is None:
             raise ValueError(
@@ -212,33 +221,45 @@ class Planner:
         problem = PlanProblem(
             self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
             context_actions=context, bounds=self.bounds, memory=memory or None,
-            chunk_size=self.cfg.cem.chunk_size if self.kind in ("cem", "cem_discrete") else None,
-            action_dim=self.action_dim,
+            chunk_size=getattr(self._section, "chunk_size", None), action_dim=self.action_dim,
         )  # fmt: skip
         gens = state.generators()
-        if self.kind == "cem":
-            result = cem(problem, self.cfg.cem, init=state.warm_start, generator=gens)
-        elif self.kind == "cem_discrete":
-            result = cem_discrete(
-                problem, self.cfg.cem, self.action_set, init=state.warm_start, generator=gens
-            )  # type: ignore[arg-type]
-        else:
-            result = gd(
-                problem, self.cfg.gd, init=state.warm_start, generator=gens, zero_action=self.zero_action
-            )
+        result = self._optimize(problem, state, gens)
         if result.actions.shape[1] != self.cfg.horizon:
             raise ValueError(
                 f"the optimizer returned {result.actions.shape[1]} steps, expected {self.cfg.horizon}"
             )
         result.execute = result.actions[:, : self.n_execute]
-        tail = result.actions[:, self.n_execute :]
+        # iCEM executes its best sequence but shifts its distribution's mean (paper: shift-initialization).
+        tail = result.info.get("mean", result.actions)[:, self.n_execute :]
+        elites = result.info.get("elites")
+        keep = self.closed_loop and tail.shape[1] > 0
         if memory:
             memory = self._remember(memory, z_obs, context, result.execute)
         return result, PlanState(
             rng=torch.stack([g.get_state() for g in gens]), rng_device=state.rng_device,
-            warm_start=tail.detach().clone() if self.closed_loop and tail.shape[1] > 0 else None,
+            warm_start=tail.detach().clone() if keep else None,
             past_actions=self._past(state.past_actions, result.execute), step=state.step + 1, memory=memory,
+            warm_elites=elites[:, :, self.n_execute :].detach().clone() if keep and elites is not None else None,
         )  # fmt: skip
+
+    @property
+    def _section(self) -> object:
+        """The optimizer's config section (``planner.cem``, ``planner.icem``, ...)."""
+        return getattr(self.cfg, "cem" if self.kind == "cem_discrete" else self.kind)
+
+    def _optimize(self, problem: PlanProblem, state: PlanState, gens: list[torch.Generator]) -> PlanResult:
+        """One optimizer call: the dispatch on ``planner.name``."""
+        init = state.warm_start
+        if self.kind == "cem":
+            return cem(problem, self.cfg.cem, init=init, generator=gens)
+        if self.kind == "cem_discrete":
+            return cem_discrete(problem, self.cfg.cem, self.action_set, init=init, generator=gens)  # type: ignore[arg-type]
+        if self.kind == "icem":
+            return icem(problem, self.cfg.icem, init=init, init_elites=state.warm_elites, generator=gens)
+        if self.kind == "mppi":
+            return mppi(problem, self.cfg.mppi, init=init, generator=gens)
+        return gd(problem, self.cfg.gd, init=init, generator=gens, zero_action=self.zero_action)
 
     def _memory(self, state: PlanState, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The episodes' memory (a fresh one on the first call of a memory predictor; ``{}`` without one)."""
