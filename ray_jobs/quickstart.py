@@ -137,9 +137,10 @@ def planning_service(ckpt: str, *, own_cluster: bool) -> Iterator[str]:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
     # One replica with one reserved CPU (the env actors take a quarter each) and both cores' threads: the
-    # machine's other work is waiting on its answers anyway.
+    # machine's other work is waiting on its answers anyway. A plan takes about a second on 2 cores, so waiting
+    # 50 ms for the episodes' requests to arrive (the default 10 ms split them into batches of ~2) is cheap.
     args = {"checkpoint": ckpt, "device": "cpu", "num_cpus": 1, "torch_threads": max(1, os.cpu_count() or 1),
-            "max_batch_size": 32, "request_timeout_s": 300}  # fmt: skip
+            "max_batch_size": 32, "batch_wait_s": 0.05, "request_timeout_s": 300}  # fmt: skip
     try:
         serve.run(build_app(args), name=SERVE_APP, route_prefix="/", logging_config=quiet)
         url = f"http://127.0.0.1:{port}"
