@@ -65,6 +65,9 @@ MARK = ".dinowm-quickstart"
 STAGE_OUTPUTS = ("data", "data.partial", "mlflow", "ray_results", "plan", "stages", "report", "report.md")
 SERVE_APP = "dinowm-quickstart"
 POLICIES = ("planner", "random")
+#: seconds a plan request may take (client and service): one batch of 20 episodes with a large CEM (300 samples,
+#: 10 iterations) takes over the client's default 30 s on a busy 2-core machine
+PLAN_TIMEOUT_S = 300
 
 
 def _say(msg: str = "") -> None:
@@ -140,7 +143,7 @@ def planning_service(ckpt: str, *, own_cluster: bool) -> Iterator[str]:
     # machine's other work is waiting on its answers anyway. A plan takes about a second on 2 cores, so waiting
     # 50 ms for the episodes' requests to arrive (the default 10 ms split them into batches of ~2) is cheap.
     args = {"checkpoint": ckpt, "device": "cpu", "num_cpus": 1, "torch_threads": max(1, os.cpu_count() or 1),
-            "max_batch_size": 32, "batch_wait_s": 0.05, "request_timeout_s": 300}  # fmt: skip
+            "max_batch_size": 32, "batch_wait_s": 0.05, "request_timeout_s": PLAN_TIMEOUT_S}  # fmt: skip
     try:
         serve.run(build_app(args), name=SERVE_APP, route_prefix="/", logging_config=quiet)
         url = f"http://127.0.0.1:{port}"
@@ -238,7 +241,8 @@ def _plan(out: Path, cfg: Any, job: Any, ckpt: str, settings: dict[str, Any]) ->
                      "through it")  # fmt: skip
                 stats: dict[str, float] = {}
                 res = evaluate_with_env_actors(pcfg, url, num_actors=2, imaginer=adapter, out_dir=out_dir,
-                                               normalizer=adapter.normalizer, stats=stats)  # fmt: skip
+                                               normalizer=adapter.normalizer, stats=stats,
+                                               client_kwargs={"timeout_s": PLAN_TIMEOUT_S})  # fmt: skip
             _say("      planning service stopped")
         else:
             stats = {}
