@@ -96,14 +96,18 @@ def quickstart_cmd(
     overrides: list[str] | None = OVERRIDES,
     output_dir: str = typer.Option("outputs/quickstart", "--output-dir", "-o", help="where results go"),
     quick: bool = typer.Option(False, "--quick", help="tiny sizes: a one-minute smoke run"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="remove the output dir's stage outputs first (no reuse)"
+    ),
 ) -> None:
-    """Generate data, train with Ray Train + MLflow, plan with Ray env actors: offline, on a CPU."""
+    """Generate data, train with Ray Train + MLflow, plan through the planning service with Ray env actors,
+    write a report: offline, on a CPU. Finished stages are reused unless --fresh."""
     from dinowm_core.config import ConfigError
     from ray_jobs import quickstart
     from ray_jobs.train_preflight import PreflightError
 
     try:
-        quickstart.run(output_dir, overrides or [], quick=quick)
+        quickstart.run(output_dir, overrides or [], quick=quick, fresh=fresh)
     except (ConfigError, PreflightError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
 

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from dinowm_core.evaluation.episodes import EpisodeGroup
-from dinowm_core.evaluation.loop import Episodes, add_imagination, run_batch, targets_for_seed
+from dinowm_core.evaluation.loop import (
+    PROGRESS_INTERVAL_S,
+    Episodes,
+    add_imagination,
+    run_batch,
+    targets_for_seed,
+)
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # ModelPolicy's per-episode seeds
 from dinowm_core.evaluation.records import EpisodeOutcome
 from serving import schemas
@@ -118,6 +125,11 @@ class ServicePolicy:
         self.sessions: list[str | None] = []
         #: the service's batch size of every answer of the last plan() call (how well it batched them)
         self.batch_sizes: list[int] = []
+        #: answers received since this policy was made, and the planner calls that produced them: a call that
+        #: batched b requests answers each with batch_size b, so it counts 1/b per answer (exact as long as
+        #: this policy's requests are the only ones in its batches, or summed over all the policies that share)
+        self.requests_answered = 0
+        self.planner_calls = 0.0
 
     def reset(self, episode_seeds: list[int], seed: int) -> None:
         """One RNG stream per episode, seeded as ModelPolicy seeds it; the previous episodes' sessions end."""
@@ -136,6 +148,8 @@ class ServicePolicy:
             raise ValueError("plan() with no live episode")
         answers = self._loop.run(self._plan_rows(obs, goal, rows))
         self.batch_sizes = [a.batch_size for a in answers]
+        self.requests_answered += len(answers)
+        self.planner_calls += sum(1.0 / a.batch_size for a in answers)
         acts = [np.asarray(a.actions, np.float64) for a in answers]
         out = np.zeros((b, *acts[0].shape))
         for i, a in zip(rows, acts, strict=True):
@@ -268,6 +282,10 @@ class ServiceEnvActor:
             r.metrics.index += first_index
         return out
 
+    def stats(self) -> dict[str, float]:
+        """Plan answers received and the service's planner calls behind them (see :class:`ServicePolicy`)."""
+        return {"requests": self.policy.requests_answered, "planner_calls": self.policy.planner_calls}
+
     def close(self) -> None:
         self.policy.close()
 
@@ -296,10 +314,12 @@ def evaluate_with_env_actors(
     dataset: Any = None,
     normalizer: Any = None,
     client_kwargs: dict[str, Any] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> Any:
     """``run_evaluation`` with :class:`ServiceEnvActor` s planning through ``service`` (a URL or a deployment
     handle): every seed's episodes split in contiguous blocks over ``num_actors`` Ray actors, which run
-    concurrently; results (and ``results.json``, videos) as the in-process evaluation's."""
+    concurrently; results (and ``results.json``, videos) as the in-process evaluation's. ``stats``: a dict
+    that receives the actors' summed :meth:`ServiceEnvActor.stats` (answers received, planner calls)."""
     import ray
 
     from dinowm_core.envs.base import make_env
@@ -315,7 +335,8 @@ def evaluate_with_env_actors(
     n = max(1, min(num_actors, e.n_evals))
     per = math.ceil(e.n_evals / n)
     slots = [k for k in (min(per, e.n_evals - i * per) for i in range(n)) if k > 0]  # each actor exactly full
-    actor_cls = ray.remote(num_cpus=cpus_per_actor)(ServiceEnvActor)
+    # two threads: stats() answers (for the progress lines) while run() waits on the service
+    actor_cls = ray.remote(num_cpus=cpus_per_actor, max_concurrency=2)(ServiceEnvActor)
     actors = [
         actor_cls.remote(
             cfg.env.name,
@@ -337,10 +358,18 @@ def evaluate_with_env_actors(
         for seed in e.seeds:
             targets = targets_for_seed(cfg, target_env, seed, dataset, normalizer)
             starts = list(range(0, len(targets), per))
-            parts = ray.get([
+            refs = [
                 a.run.remote(targets[s : s + per], s, max(0, min(per, e.n_plot_samples - s)), seed)
                 for a, s in zip(actors, starts, strict=True)
-            ])  # fmt: skip
+            ]  # fmt: skip
+            log.info("seed %d: %d episodes of %d env steps in %d env actors that plan through the service",
+                     seed, len(targets), e.budget, len(actors))  # fmt: skip
+            t0 = time.perf_counter()
+            while len(ray.wait(refs, num_returns=len(refs), timeout=PROGRESS_INTERVAL_S)[0]) < len(refs):
+                answered = sum(int(st["requests"]) for st in ray.get([a.stats.remote() for a in actors]))
+                log.info("seed %d: %d plans answered by the service so far, %.0fs", seed, answered,
+                         time.perf_counter() - t0)  # fmt: skip
+            parts = ray.get(refs)
             results = [r for part in parts for r in part]
             if imaginer is not None:
                 add_imagination(results, imaginer, cfg.frameskip)
@@ -356,6 +385,9 @@ def evaluate_with_env_actors(
     finally:  # end the actors' sessions, then the actors (also on errors and interrupts)
         for a in actors:
             try:
+                if stats is not None:
+                    for key, value in ray.get(a.stats.remote(), timeout=30).items():
+                        stats[key] = stats.get(key, 0) + value
                 ray.get(a.close.remote(), timeout=30)
             except Exception as err:  # a dead actor: its sessions expire after the service's idle TTL
                 log.warning("env actor did not close its sessions: %s", err)
