@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dinowm_core.envs.four_rooms import OBJECT_TYPES, FourRoomsEnv, random_layout, room_of
+from dinowm_core.envs.four_rooms import OBJECT_TYPES, RIGHT, FourRoomsEnv, random_layout, room_of
 from dinowm_core.evaluation.memory.world import (
     State,
     distances_from,
@@ -262,8 +262,8 @@ class EpisodeBuilder:
         return self._choice(spec, rng, params, states, observed, back, probe_index, worlds)
 
     def _loop_closure(self, spec: EpisodeSpec, rng: np.random.Generator) -> MemoryEpisode | None:
-        """A -> B observed (B in another room, at least ``horizon`` steps); probes: B -> A (the revisit) and,
-        as the control, the first visit of B (imagined from the first frames of the walk)."""
+        """A look around at A, A -> B observed (B in another room, at least ``horizon`` steps); probes: B -> A
+        (the revisit) and, as the control, the first visit of B (imagined from the first frames, memory empty)."""
         params = self._world(spec, rng)
         blocked = self.env.blocked
         a = self._free_state(rng)
@@ -280,7 +280,9 @@ class EpisodeBuilder:
         out = walk(blocked, a, b_cell)
         if len(out) < max(spec.horizon, 2 * spec.clear_frames):
             return None
-        states, observed = self._observed(params, a, out)
+        # a look around at A first (four right turns), so the first visit of B is imagined over about as many
+        # steps as the revisit of A: prediction error grows fast with the horizon
+        states, observed = self._observed(params, a, [RIGHT] * 4 + out)
         seen_late = set().union(*(visible_cells(self.env, s) for s in states[-spec.clear_frames :]))
         seen_early = set().union(*(visible_cells(self.env, s) for s in states[: spec.clear_frames]))
         if a[:2] in seen_late or b_cell in seen_early:
