@@ -146,5 +146,38 @@ def plan_cmd(
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else summary_line(result, out_dir))
 
 
+@app.command("memory-eval")
+def memory_eval_cmd(
+    ckpt: str = typer.Argument(
+        ...,
+        help="a four_rooms checkpoint: directory, runs:/ID, models:/NAME/VERSION or @ALIAS, or a run name",
+    ),
+    overrides: list[str] | None = OVERRIDES,
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="output dir (default output_dir/memory_eval/<time>)"
+    ),
+    episodes: int | None = typer.Option(None, "--episodes", "-n", min=1, help="episodes per grid cell"),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="build episodes in this process, not Ray actors"
+    ),
+    json_out: bool = typer.Option(False, "--json", help="print the results' task summaries as JSON"),
+) -> None:
+    """Memory evaluation on four_rooms: object recall, colour and sequence memory, loop closure, error vs
+    horizon, planning success (memory_eval.* keys), each with episode counts and 95% intervals."""
+    from dinowm_core.config import ConfigError
+    from dinowm_core.training.checkpoint import CheckpointError
+    from ray_jobs.memory_eval import run, summary_lines
+
+    try:
+        result, out_dir = run(ckpt, overrides or [], use_ray=not in_process, out=out, episodes=episodes)
+    except (ConfigError, CheckpointError, FileNotFoundError, LookupError, ValueError) as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(f"results in {out_dir}", err=True)
+        typer.echo(json.dumps(result["tasks"], indent=2))
+    else:
+        typer.echo("\n".join([*summary_lines(result), f"results in {out_dir}"]))
+
+
 if __name__ == "__main__":
     app()

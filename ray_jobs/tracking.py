@@ -10,7 +10,8 @@ A training run is opened by the driver (:class:`RunTracker`: params = the flatte
 commit, env, dataset manifest hash, run name), written to by rank 0 only (:class:`WorkerLogger`: per-step and
 per-epoch metrics, image grids, rollout videos, the final checkpoint directory under ``checkpoint/``) and closed
 by the driver as FINISHED / FAILED / KILLED, registering a model version whose source is that checkpoint.
-An evaluation is one run of its own (:func:`log_evaluation`: protocol params, aggregated metrics, results, videos).
+An evaluation is one run of its own (:func:`log_evaluation`: protocol params, aggregated metrics, results, videos;
+:func:`log_memory_evaluation` for ``dinowm memory-eval``).
 A sweep (``ray_jobs.tune``) is a run with a child run per trial (:func:`trial_tracker`, :func:`end_trial_run`,
 :func:`log_sweep_results`).
 Reading runs and checkpoints back is ``ray_jobs.runs``.
@@ -224,6 +225,37 @@ def log_evaluation(
         client.log_artifact(run_id, str(Path(out_dir) / "results.json"))
         if (Path(out_dir) / "videos").is_dir():
             client.log_artifacts(run_id, str(Path(out_dir) / "videos"), artifact_path="videos")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return run_id
+
+
+def log_memory_evaluation(
+    result: Mapping[str, Any], cfg: Config, mlflow_cfg: MlflowConfig, out_dir: str | os.PathLike, ckpt: str | None,
+    plots: list[Path],
+) -> str:  # fmt: skip
+    """Record a memory evaluation (``dinowm memory-eval``) as an MLflow run: the grid as params, the pooled
+    scores with their interval ends as metrics, ``results.json``, the plots and the GIFs. Returns the run id."""
+    from ray_jobs.memory_eval import flat_metrics
+
+    tracker = open_tracker(mlflow_cfg, cfg.output_dir)
+    tags = {"dinowm.kind": "memory_evaluation", "env": cfg.env.name, "checkpoint": str(ckpt),
+            "git_commit": git_commit()}  # fmt: skip
+    params = {"memory_eval": cfg.memory_eval.model_dump(), "predictor": cfg.presets.get("predictor"),
+              "checkpoint": str(ckpt), "runner": result["protocol"]["runner"]}  # fmt: skip
+    run_id = tracker.start(f"memory-eval-{cfg.presets.get('predictor') or 'model'}", params, tags)
+    try:
+        client = tracker.client
+        for key, value in flat_metrics(result).items():
+            client.log_metric(run_id, key, value)
+        client.log_artifact(run_id, str(Path(out_dir) / "results.json"))
+        for p in plots:
+            client.log_artifact(run_id, str(p), artifact_path="plots")
+        for sub in ("videos", "plan"):
+            if (Path(out_dir) / sub).is_dir():
+                client.log_artifacts(run_id, str(Path(out_dir) / sub), artifact_path=sub)
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -11,6 +11,7 @@ Where a job runs (Ray, MLflow) is not part of the model: ``ray_jobs.job_config``
 """
 
 from dinowm_core.config.base import DECODER_SCALE, ConfigError, ConfigModel, format_errors
+from dinowm_core.config.memory_eval import MEMORY_TASKS, MemoryEvalConfig
 from dinowm_core.config.model import (
     DecoderConfig,
     DinoName,
@@ -33,8 +34,9 @@ from dinowm_core.config.root import MODEL_KEYS, Config, model_differences
 from dinowm_core.config.training import DataConfig, TrainingConfig
 
 __all__ = [
-    "DECODER_SCALE", "MODEL_KEYS", "CEMConfig", "Config", "ConfigError", "ConfigModel", "DataConfig",
-    "DecoderConfig", "DinoName", "EncoderConfig", "EnvConfig", "EvalConfig", "GDConfig", "ICEMConfig", "MPCConfig", "MPPIConfig",
-    "MemoryConfig", "ObjectiveConfig", "PlannerConfig", "PredictorConfig", "TrainingConfig",
+    "DECODER_SCALE", "MEMORY_TASKS", "MODEL_KEYS", "CEMConfig", "Config", "ConfigError", "ConfigModel",
+    "DataConfig", "DecoderConfig", "DinoName", "EncoderConfig", "EnvConfig", "EvalConfig", "GDConfig", "ICEMConfig",
+    "MPCConfig", "MPPIConfig", "MemoryConfig", "MemoryEvalConfig", "ObjectiveConfig", "PlannerConfig",
+    "PredictorConfig", "TrainingConfig",
     "format_errors", "model_differences",
 ]  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from dinowm_core.config.base import DECODER_SCALE, ConfigModel
+from dinowm_core.config.memory_eval import MemoryEvalConfig
 from dinowm_core.config.model import DecoderConfig, EncoderConfig, EnvConfig, PredictorConfig
 from dinowm_core.config.planning import EvalConfig, PlannerConfig
 from dinowm_core.config.training import DataConfig, TrainingConfig
@@ -50,6 +51,7 @@ class Config(ConfigModel):
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    memory_eval: MemoryEvalConfig = Field(default_factory=MemoryEvalConfig)
     output_dir: str = Field("outputs", description="where runs, plans and the local MLflow store are written")
     presets: dict[str, str] = Field(default_factory=dict, description="which preset each group came from")
 
