@@ -28,7 +28,11 @@ MemoryTask = Literal[
 
 
 class MemoryEvalConfig(ConfigModel):
-    tasks: list[MemoryTask] = Field(default_factory=lambda: list(MEMORY_TASKS), min_length=1)
+    tasks: list[MemoryTask] = Field(
+        default_factory=lambda: list(MEMORY_TASKS),
+        min_length=1,
+        description="the tasks to run (default: all)",
+    )
     num_objects: list[int] = Field(
         default_factory=lambda: [2, 3],
         min_length=1,
@@ -69,7 +73,7 @@ class MemoryEvalConfig(ConfigModel):
     plan_budget: int = Field(40, gt=0, description="env steps per planning episode (no early stop)")
     num_videos: int = Field(2, ge=0, description="episode GIFs per model-only task (real | imagined | map)")
     num_actors: int | None = Field(None, gt=0, description="Ray env actors; None = up to the cluster's CPUs")
-    cpus_per_actor: float = Field(0.25, gt=0)
+    cpus_per_actor: float = Field(0.25, gt=0, description="CPUs Ray reserves for each env actor")
     bootstrap: int = Field(1000, gt=0, description="bootstrap resamples for intervals of means")
 
     @model_validator(mode="after")
