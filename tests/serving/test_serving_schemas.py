@@ -38,7 +38,7 @@ def test_a_full_plan_request_parses_both_visual_forms():
         ({"obs": OBS, "goal": OBS, "planner": {"lr": 0}}, "planner.lr"),
         ({"obs": OBS, "goal": OBS, "planner": {"var_scale": -1}}, "planner.var_scale"),
         ({"obs": OBS, "goal": OBS, "planner": {"alpha": -0.1}}, "planner.alpha"),
-        ({"obs": OBS, "goal": OBS, "planner": {"name": "mppi"}}, "planner.name"),
+        ({"obs": OBS, "goal": OBS, "planner": {"name": "random_shooting"}}, "planner.name"),
         ({"obs": OBS, "goal": OBS, "seed": -1}, "seed"),
         ({"obs": {"visual": "aGk=", "proprio": [float("nan")]}, "goal": OBS}, "obs.proprio.0"),
         ({"obs": {"visual": "aGk=", "proprio": [0.0] * 1025}, "goal": OBS}, "obs.proprio"),
