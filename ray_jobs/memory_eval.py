@@ -201,24 +201,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """MLflow metrics: ``memory/<task>/<name>`` for the pooled numbers (rates, means and interval ends)."""
-    out: dict[str, float] = {}
-    for task, t in result["tasks"].items():
-        pooled = t.get("pooled", {})
-        for name, v in pooled.items():
-            if isinstance(v, dict):
-                out[f"memory/{task}/{name}"] = v["mean"]
-                out[f"memory/{task}/{name}_lo"], out[f"memory/{task}/{name}_hi"] = v["ci95"]
-            elif name in ("rate", "n", "chance"):
-                out[f"memory/{task}/{name}"] = v
-            elif name == "ci95":
-                out[f"memory/{task}/rate_lo"], out[f"memory/{task}/rate_hi"] = v
-        for h, v in zip(t.get("horizons", []), t.get("mse", []), strict=False):
-            out[f"memory/error_horizon/mse_h{h:03d}"] = v["mean"]
-    return {k: float(v) for k, v in out.items()}
-
-
 def write_plots(results: list[dict[str, Any]], out_dir: Path, labels: list[str]) -> list[Path]:
     """error_vs_horizon.png (one line per model, 95% band) and accuracy_by_task.png (bars with intervals)."""
     import matplotlib

@@ -238,7 +238,7 @@ def log_memory_evaluation(
 ) -> str:  # fmt: skip
     """Record a memory evaluation (``dinowm memory-eval``) as an MLflow run: the grid as params, the pooled
     scores with their interval ends as metrics, ``results.json``, the plots and the GIFs. Returns the run id."""
-    from ray_jobs.memory_eval import flat_metrics
+    from dinowm_core.evaluation.memory.scores import flat_metrics
 
     tracker = open_tracker(mlflow_cfg, cfg.output_dir)
     tags = {"dinowm.kind": "memory_evaluation", "env": cfg.env.name, "checkpoint": str(ckpt),

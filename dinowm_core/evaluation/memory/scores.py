@@ -48,3 +48,21 @@ def mean_summary(values: list[float] | np.ndarray, resamples: int = 1000, seed: 
     means = v[rng.integers(len(v), size=(resamples, len(v)))].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"n": len(v), "mean": float(v.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics: ``memory/<task>/<name>`` for the pooled numbers (rates, means and interval ends)."""
+    out: dict[str, float] = {}
+    for task, t in result["tasks"].items():
+        pooled = t.get("pooled", {})
+        for name, v in pooled.items():
+            if isinstance(v, dict):
+                out[f"memory/{task}/{name}"] = v["mean"]
+                out[f"memory/{task}/{name}_lo"], out[f"memory/{task}/{name}_hi"] = v["ci95"]
+            elif name in ("rate", "n", "chance"):
+                out[f"memory/{task}/{name}"] = v
+            elif name == "ci95":
+                out[f"memory/{task}/rate_lo"], out[f"memory/{task}/rate_hi"] = v
+        for h, v in zip(t.get("horizons", []), t.get("mse", []), strict=False):
+            out[f"memory/error_horizon/mse_h{h:03d}"] = v["mean"]
+    return {k: float(v) for k, v in out.items()}
