@@ -143,10 +143,17 @@ def run(ckpt: str, overrides: list[str], *, use_ray: bool = True, out: str | Pat
     t0 = time.perf_counter()
     args = (specs, cfg.eval.render_size or cfg.img_size, tuple(m.colors), m.num_videos)
     stream = build_on_ray(*args, m.num_actors, m.cpus_per_actor) if use_ray else build_local(*args)
+    goal = None
+    if "object_goal" in m.tasks:  # planned in the driver's own env, the model beside it
+        from dinowm_core.evaluation.memory import GoalRunner
+        from dinowm_core.evaluation.policy import build_policy
+
+        policy = build_policy(cfg, adapter=imaginer.adapter)
+        goal = GoalRunner(imaginer, policy, img_size=args[1], colors=tuple(m.colors))
     bar = _bar(len(specs), progress)
     try:
         result = run_memory_eval(m, imaginer, stream, total=len(specs), videos_dir=out_dir / "videos",
-                                 on_progress=lambda i, n: bar.update(1))  # fmt: skip
+                                 on_progress=lambda i, n: bar.update(1), goal=goal)  # fmt: skip
     finally:
         bar.close()
     if "planning" in m.tasks:
@@ -190,6 +197,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         p = t.get("pooled", {})
         if "rate" in p:
             chance = f", chance {p['chance']:.3f}" if "chance" in p else ""
+            if "spl" in p:
+                chance += f", SPL {p['spl']['mean']:.3f}, {p['steps']['mean']:.1f} steps"
             lines.append(f"{task}: {p['rate']:.3f} (95% CI {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f}) over "
                          f"{p['n']} episodes{chance}")  # fmt: skip
         elif task == "loop_closure":

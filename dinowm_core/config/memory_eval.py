@@ -16,6 +16,7 @@ from dinowm_core.config.base import ConfigModel
 #: every task of the suite; ``planning`` is the standard planning evaluation (``memory_plan``)
 MEMORY_TASKS = (
     "object_recall",
+    "object_goal",
     "colour_memory",
     "sequence_memory",
     "loop_closure",
@@ -23,7 +24,13 @@ MEMORY_TASKS = (
     "planning",
 )
 MemoryTask = Literal[
-    "object_recall", "colour_memory", "sequence_memory", "loop_closure", "error_horizon", "planning"
+    "object_recall",
+    "object_goal",
+    "colour_memory",
+    "sequence_memory",
+    "loop_closure",
+    "error_horizon",
+    "planning",
 ]
 
 
@@ -68,6 +75,12 @@ class MemoryEvalConfig(ConfigModel):
         gt=0,
         description="frames at the end of the observed part in which nothing shown may be in view (pixel-checked); "
         "must be >= the model's num_hist",
+    )
+    goal_budget: int = Field(
+        30,
+        gt=0,
+        description="object_goal: env steps the planner has to reach the object's place (every episode's "
+        "shortest way fits in it)",
     )
     plan_episodes: int = Field(10, gt=0, description="planning-success episodes (mpc_cem_discrete)")
     plan_budget: int = Field(40, gt=0, description="env steps per planning episode (no early stop)")

@@ -15,9 +15,11 @@ in the env's action box, per-episode RNG).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from dinowm_core.evaluation.adapter import ModelAdapter
 from dinowm_core.planning.common import discrete_action_set, normalized_zero_action
@@ -43,11 +45,16 @@ class ModelPolicy:
         self.adapter, self.planner, self.closed_loop = adapter, planner, planner.closed_loop
         self.state: PlanState | None = None
 
-    def reset(self, episode_seeds: list[int], seed: int) -> None:
+    def reset(
+        self, episode_seeds: list[int], seed: int, *, memory: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """One RNG stream per episode, seeded by (seed, episode seed): a plan does not depend on which other
-        episodes share the batch."""
+        episodes share the batch. ``memory``: a memory predictor's memory of what the episodes saw before
+        (``(B, ...)`` tensors, e.g. ``ModelImaginer.read``); default: empty."""
         seeds = [_mix(seed, s) for s in episode_seeds]
         self.state = self.planner.init_state(len(seeds), seeds, device=self.adapter.device)
+        if memory:
+            self.state = replace(self.state, memory={k: v.to(self.adapter.device) for k, v in memory.items()})
 
     def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
         if self.state is None or self.state.batch_size != len(obs["visual"]):

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.ray
 
 MODEL = ["env=four_rooms", "encoder=dino_tiny", "decoder=none", "img_size=64", "frameskip=1", "num_hist=3",
          "predictor=vit_small"]  # fmt: skip
-GRID = ["memory_eval.tasks=[object_recall,loop_closure]", "memory_eval.num_objects=[2]", "memory_eval.horizons=[6]",
-        "memory_eval.num_videos=1", "memory_eval.num_actors=2"]  # fmt: skip
+GRID = ["memory_eval.tasks=[object_recall,object_goal,loop_closure]", "memory_eval.num_objects=[2]",
+        "memory_eval.horizons=[6]", "memory_eval.num_videos=1", "memory_eval.num_actors=2", "memory_eval.goal_budget=16",
+        "planner.horizon=2", "planner.cem.num_samples=8", "planner.cem.topk=2", "planner.cem.opt_steps=1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,14 @@ def test_ray_actors_match_in_process(ray_cluster, ckpt, tmp_path):
     common = [*GRID, f"output_dir={tmp_path}"]
     remote, out = run(str(ckpt), common, use_ray=True, out=tmp_path / "ray", episodes=2, progress=False)
     local, _ = run(str(ckpt), common, use_ray=False, out=tmp_path / "local", episodes=2, progress=False)
-    assert remote["episodes"] == local["episodes"] and len(remote["episodes"]) == 4
+    assert remote["episodes"] == local["episodes"] and len(remote["episodes"]) == 6
     data = json.loads((out / "results.json").read_text())
     recall = data["tasks"]["object_recall"]["pooled"]
     assert recall["n"] == 2 and recall["chance"] == 0.5 and len(recall["ci95"]) == 2
     assert data["tasks"]["loop_closure"]["pooled"]["err_revisit"]["n"] == 2
-    assert (out / "accuracy_by_task.png").is_file() and len(data["videos"]) == 2
+    goal = data["tasks"]["object_goal"]["pooled"]  # planned in the env: success, SPL, steps
+    assert goal["n"] == 2 and "chance" not in goal and goal["steps"]["mean"] <= 16
+    assert (out / "accuracy_by_task.png").is_file() and len(data["videos"]) == 3
     assert (tmp_path / "mlflow" / "mlflow.db").is_file()
 
 

@@ -15,7 +15,8 @@ An episode is scripted with the env's BFS, so a seed gives the same episode for 
 Tasks: ``object_recall`` (one object passed, walked away from, then the way back: true vs recoloured, chance
 1/2), ``colour_memory`` (n objects toured, the way back to one: which of K colours, chance 1/K),
 ``sequence_memory`` (n objects toured in order, the tour replayed: which assignment of the objects to the
-viewpoints, chance 1/n!), ``loop_closure`` (A -> B observed, then B -> A: the revisit; the first visit of B
+viewpoints, chance 1/n!), ``object_goal`` (object recall by planning: one object passed and walked away from, then
+the goal is the view of it; the episode is the plan, see :mod:`.goal`), ``loop_closure`` (A -> B observed, then B -> A: the revisit; the first visit of B
 on the way out is the control), ``error_horizon`` (held-out BFS-policy trajectories: context then open loop).
 """
 
@@ -40,7 +41,7 @@ from dinowm_core.evaluation.memory.world import (
 )
 
 CHOICE_TASKS = ("object_recall", "colour_memory", "sequence_memory")
-EPISODE_TASKS = (*CHOICE_TASKS, "loop_closure", "error_horizon")
+EPISODE_TASKS = (*CHOICE_TASKS, "object_goal", "loop_closure", "error_horizon")
 MAX_DRAWS = 200
 
 
@@ -58,6 +59,7 @@ class EpisodeSpec:
     img_size: int = 64
     error_context: int = 24
     error_steps: int = 100
+    goal_budget: int = 30
 
     def rng(self) -> np.random.Generator:
         tag = zlib.crc32(self.task.encode())
@@ -220,6 +222,23 @@ class EpisodeBuilder:
             other = spec.colors[rng.integers(len(spec.colors))]
         alt = _recolour(params, 0, other)
         return self._choice(spec, rng, params, states, observed, back, [len(back.actions)], [params, alt])
+
+    def _object_goal(self, spec: EpisodeSpec, rng: np.random.Generator) -> MemoryEpisode | None:
+        """Object recall by planning: the observed part of ``object_recall``; the goal is the state that viewed
+        the object (its frame and proprio), reachable within ``goal_budget`` steps (the "goal" probe is the
+        shortest way there)."""
+        params = self._world(spec, rng)
+        tour = self._tour(spec, rng, params, [0])
+        if tour is None:
+            return None
+        start, actions, (view,) = tour
+        states, observed = self._observed(params, start, actions)
+        way = walk(self.env.blocked, states[-1], view[:2], view[2])
+        if not 0 < len(way) <= spec.goal_budget:
+            return None
+        goal = self._path(params, states[-1], way)
+        return MemoryEpisode(spec, params, **observed, probes={"goal": goal},
+                             info={"goal_state": list(view), "object": 0, "shortest": len(way)})  # fmt: skip
 
     def _colour_memory(self, spec: EpisodeSpec, rng: np.random.Generator) -> MemoryEpisode | None:
         params = self._world(spec, rng)

@@ -50,18 +50,24 @@ class ModelImaginer:
         return self.adapter.to_model_actions(a.reshape(a.shape[0], a.shape[1], 1))
 
     @torch.inference_mode()
-    def read(self, frames: np.ndarray, proprio: np.ndarray, actions: np.ndarray) -> dict[str, torch.Tensor]:
-        """The memory after writing ``frames[:, : -num_hist]`` (B, n, H, W, 3) with the actions taken from them
-        (``actions`` (B, n - 1)), one window of ``num_hist`` frames at a time, each frame written once."""
+    def read(self, frames: np.ndarray, proprio: np.ndarray, actions: np.ndarray, *,
+             keep: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """The memory after writing ``frames[:, : -keep]`` (B, n, H, W, 3) with the actions taken from them
+        (``actions`` (B, n - 1)), one window of up to ``num_hist`` frames at a time, each frame written once.
+        ``keep`` (default ``num_hist``): the last frames left out, the context of what follows (a planner that
+        is passed the current frame alone keeps 1 and writes each later frame itself)."""
         h, (b, n) = self.num_hist, frames.shape[:2]
+        keep = h if keep is None else keep
+        if not 1 <= keep <= h:
+            raise ValueError(f"keep must be in 1..num_hist={h}, got {keep}")
         memory = self.wm.init_memory(b, device=self.adapter.device)
-        if not self.has_memory or n <= h:
+        if not self.has_memory or n <= keep:
             return memory
         z = self.wm.encode(
             self._obs(frames[:, : n - 1], proprio[:, : n - 1]), self._actions(actions[:, : n - 1])
         )
-        for s in range(0, n - h, h):
-            _, memory = self.wm.predict_memory(z[:, s : s + h], memory, commit=min(h, n - h - s))
+        for s in range(0, n - keep, h):
+            _, memory = self.wm.predict_memory(z[:, s : s + h], memory, commit=min(h, n - keep - s))
         return memory
 
     @torch.inference_mode()

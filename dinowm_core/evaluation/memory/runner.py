@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from dinowm_core.config.memory_eval import MemoryEvalConfig
 from dinowm_core.evaluation.memory.episodes import CHOICE_TASKS, EpisodeSpec, MemoryEpisode
+from dinowm_core.evaluation.memory.goal import GoalRunner
 from dinowm_core.evaluation.memory.scores import choose, latent_mse, mean_summary, rate_summary
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ def episode_specs(m: MemoryEvalConfig, *, img_size: int, episodes: int | None = 
     of ``error_horizons``."""
     n = episodes or m.episodes
     common = {"seed": m.seed, "colors": tuple(m.colors), "clear_frames": m.clear_frames, "img_size": img_size,
-              "error_context": m.error_context, "error_steps": max(m.error_horizons)}  # fmt: skip
+              "error_context": m.error_context, "error_steps": max(m.error_horizons),
+              "goal_budget": m.goal_budget}  # fmt: skip
     specs = []
     for task in m.tasks:
         if task == "planning":
@@ -46,9 +49,14 @@ def episode_specs(m: MemoryEvalConfig, *, img_size: int, episodes: int | None = 
     return specs
 
 
-def score_episode(imaginer: Any, ep: MemoryEpisode) -> dict[str, Any]:
-    """One row of scores for ``ep`` from ``imaginer``'s imagination (see :mod:`.scores`)."""
+def score_episode(imaginer: Any, ep: MemoryEpisode, goal: GoalRunner | None = None) -> dict[str, Any]:
+    """One row of scores for ``ep`` from ``imaginer``'s imagination (see :mod:`.scores`), or for
+    ``object_goal`` from ``goal``'s planning in the env."""
     s = ep.spec
+    if s.task == "object_goal":
+        if goal is None:
+            raise ValueError("object_goal episodes are planned: pass a GoalRunner")
+        return goal.run(ep)
     row: dict[str, Any] = {"task": s.task, "num_objects": s.num_objects, "horizon": s.horizon, "index": s.index,
                            "observed_frames": len(ep.frames)}  # fmt: skip
     if s.task in CHOICE_TASKS:
@@ -100,14 +108,20 @@ def summarize(rows: list[dict[str, Any]], m: MemoryEvalConfig) -> dict[str, Any]
     out: dict[str, Any] = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        if task in CHOICE_TASKS:
+        if task in CHOICE_TASKS or task == "object_goal":
+            key = "success" if task == "object_goal" else "correct"
             cells = []
             for k, h in dict.fromkeys((r["num_objects"], r["horizon"]) for r in mine):
                 cell = [r for r in mine if (r["num_objects"], r["horizon"]) == (k, h)]
                 cells.append({"num_objects": k, "horizon": h,
-                              **rate_summary([r["correct"] for r in cell], cell[0]["chance"])})  # fmt: skip
-            pooled = rate_summary([r["correct"] for r in mine], float(np.mean([r["chance"] for r in mine])))
-            out[task] = {"metric": "accuracy", "pooled": pooled, "cells": cells}
+                              **rate_summary([r[key] for r in cell], cell[0].get("chance"))})  # fmt: skip
+            chance = [r["chance"] for r in mine if r.get("chance") is not None]
+            pooled = rate_summary([r[key] for r in mine], float(np.mean(chance)) if chance else None)
+            out[task] = {"metric": "success_rate" if key == "success" else "accuracy", "pooled": pooled,
+                         "cells": cells}  # fmt: skip
+            if key == "success":
+                pooled["spl"] = mean_summary([r["spl"] for r in mine], m.bootstrap)
+                pooled["steps"] = mean_summary([r["steps"] for r in mine], m.bootstrap)
         elif task == "loop_closure":
             keys = ["err_revisit", "err_first_visit", "err_revisit_no_memory"]
             pooled = {k: mean_summary([r[k] for r in mine], m.bootstrap) for k in keys if k in mine[0]}
@@ -134,17 +148,23 @@ def run_memory_eval(
     total: int | None = None,
     videos_dir: str | FsPath | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    goal: GoalRunner | None = None,
 ) -> dict[str, Any]:
     """Score every episode -> ``{"tasks": summaries, "episodes": rows, "videos": [...], "seconds": ...}``.
-    Episodes built with maps (``MemoryEpisode.maps``) get a GIF in ``videos_dir``."""
+    Episodes built with maps (``MemoryEpisode.maps``) get a GIF in ``videos_dir``. ``goal`` plans the
+    ``object_goal`` episodes."""
     rows, videos, pending = [], [], []
     t0 = last = time.perf_counter()
 
     def keep(scored: list[dict[str, Any]], eps: list[MemoryEpisode]) -> None:
         for row, ep in zip(scored, eps, strict=True):
-            imagined = row.pop("_imagined")
+            imagined, path = row.pop("_imagined", None), row.pop("_path", None)
             if videos_dir is not None and ep.maps is not None:
-                videos.append(str(write_memory_video(FsPath(videos_dir), ep, imaginer.decode(imagined))))
+                if path is not None and goal is not None:  # what was done: [real | map]
+                    done = replace(ep, probes={"executed": path}, maps=goal.maps(ep, path))
+                    videos.append(str(write_memory_video(FsPath(videos_dir), done, None, dream=False)))
+                else:
+                    videos.append(str(write_memory_video(FsPath(videos_dir), ep, imaginer.decode(imagined))))
             rows.append(row)
 
     for i, ep in enumerate(episodes, 1):
@@ -154,7 +174,7 @@ def run_memory_eval(
                 keep(score_error_batch(imaginer, pending), pending)
                 pending = []
         else:
-            keep([score_episode(imaginer, ep)], [ep])
+            keep([score_episode(imaginer, ep, goal)], [ep])
         now = time.perf_counter()
         if on_progress is not None:
             on_progress(i, total or i)
@@ -169,9 +189,11 @@ def run_memory_eval(
             "episodes_per_minute": 60 * len(rows) / max(seconds, 1e-9)}  # fmt: skip
 
 
-def write_memory_video(out: FsPath, ep: MemoryEpisode, imagined: np.ndarray | None) -> FsPath:
+def write_memory_video(
+    out: FsPath, ep: MemoryEpisode, imagined: np.ndarray | None, *, dream: bool = True
+) -> FsPath:
     """A GIF of [real | imagined | full map] over the observed part and the probe (imagined panel black over
-    the observed part, and throughout when the model has no decoder)."""
+    the observed part, and throughout when the model has no decoder; left out with ``dream=False``)."""
     import imageio.v3 as iio
 
     from dinowm_core.evaluation.video import _fit
@@ -179,11 +201,11 @@ def write_memory_video(out: FsPath, ep: MemoryEpisode, imagined: np.ndarray | No
     probe = next(iter(ep.probes.values()))
     real = np.concatenate([ep.frames, probe.frames])
     size = real.shape[1]
-    dream = np.zeros_like(real)
+    panel = np.zeros_like(real)
     if imagined is not None:
-        dream[len(ep.frames) :] = np.stack([_fit(f, size) for f in imagined])
+        panel[len(ep.frames) :] = np.stack([_fit(f, size) for f in imagined])
     maps = np.stack([_fit(f, size) for f in ep.maps])
-    frames = np.concatenate([real, dream, maps], axis=2)
+    frames = np.concatenate([real, panel, maps] if dream else [real, maps], axis=2)
     s = ep.spec
     path = out / f"{s.task}_n{s.num_objects}_h{s.horizon}_ep{s.index:03d}.gif"
     path.parent.mkdir(parents=True, exist_ok=True)
