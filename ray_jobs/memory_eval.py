@@ -198,7 +198,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if "rate" in p:
             chance = f", chance {p['chance']:.3f}" if "chance" in p else ""
             if "spl" in p:
-                chance += f", SPL {p['spl']['mean']:.3f}, {p['steps']['mean']:.1f} steps"
+                chance += (f", SPL {p['spl']['mean']:.3f}, {p['steps']['mean']:.1f} steps, "
+                           f"{p['closer']['mean']:.1f} cells closer")  # fmt: skip
             lines.append(f"{task}: {p['rate']:.3f} (95% CI {p['ci95'][0]:.3f}-{p['ci95'][1]:.3f}) over "
                          f"{p['n']} episodes{chance}")  # fmt: skip
         elif task == "loop_closure":

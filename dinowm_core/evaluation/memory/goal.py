@@ -11,8 +11,9 @@ The model's side follows the planning rule (docs/memory.md): the observed frames
 memory once each (:meth:`ModelImaginer.read` with ``keep=1``), and the planner writes each later frame as it
 leaves, exactly as in the planning evaluation. A memory-free model plans from the current frame alone.
 
-Row: ``success``, ``steps`` (env steps used), ``distance`` (shortest way left at the end), ``shortest`` (at the
-start), ``spl`` (success weighted by shortest / max(shortest, steps)).
+Row: ``success``, ``steps`` (env steps used), ``distance`` / ``start_distance`` (cells on the shortest way to the
+goal cell at the end / at the start), ``shortest`` (actions on the shortest way at the start, turns included),
+``spl`` (success weighted by shortest / max(shortest, steps)).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class GoalRunner:
         memory = None
         if self.imaginer is not None and self.imaginer.has_memory:
             memory = self.imaginer.read(ep.frames[None], ep.proprio[None], ep.actions[None], keep=1)
+        start_distance = env.eval_state(goal_state, env.get_state())["distance"]
         self.policy.reset([s.index], s.seed, memory=memory)
         obs = {"visual": ep.frames[-1:], "proprio": ep.proprio[-1:]}
         actions, frames, states, success = [], [], [], False
@@ -66,7 +68,8 @@ class GoalRunner:
         return {
             "task": s.task, "num_objects": s.num_objects, "horizon": s.horizon, "index": s.index,
             "observed_frames": len(ep.frames), "success": bool(success), "steps": len(actions),
-            "distance": env.eval_state(goal_state, states[-1])["distance"], "shortest": shortest,
+            "distance": env.eval_state(goal_state, states[-1])["distance"], "start_distance": start_distance,
+            "shortest": shortest,
             "spl": float(success) * shortest / max(shortest, len(actions)),
             "_path": Path(np.array(actions, np.int64), np.stack(frames), np.array(states, np.float32)),
         }  # fmt: skip

@@ -122,6 +122,9 @@ def summarize(rows: list[dict[str, Any]], m: MemoryEvalConfig) -> dict[str, Any]
             if key == "success":
                 pooled["spl"] = mean_summary([r["spl"] for r in mine], m.bootstrap)
                 pooled["steps"] = mean_summary([r["steps"] for r in mine], m.bootstrap)
+                pooled["closer"] = mean_summary(
+                    [r["start_distance"] - r["distance"] for r in mine], m.bootstrap
+                )
         elif task == "loop_closure":
             keys = ["err_revisit", "err_first_visit", "err_revisit_no_memory"]
             pooled = {k: mean_summary([r[k] for r in mine], m.bootstrap) for k in keys if k in mine[0]}
