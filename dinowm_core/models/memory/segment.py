@@ -38,6 +38,8 @@ class SegmentCache:
         """The block's cache after the window's first ``commit`` frames leave it (k, v: the window's own, (B,
         heads, T*P, dim_head)); the oldest frames beyond ``frames`` are dropped."""
         old_k, old_v = self.past(state, block)
+        if commit == 0:  # a read (planning candidates, every rollout step): the cache as it is, no copy
+            return {f"seg{block}.k": old_k, f"seg{block}.v": old_v}
         n = commit * self.tokens
         return {f"seg{block}.k": torch.cat([old_k, k[:, :, :n]], 2)[:, :, -self.keep :],
                 f"seg{block}.v": torch.cat([old_v, v[:, :, :n]], 2)[:, :, -self.keep :]}  # fmt: skip
