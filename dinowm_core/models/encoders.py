@@ -134,9 +134,9 @@ class PixelPatchEncoder(nn.Module):
 
     A small object (Wall's dot: a Gaussian of std 1.7 px) moved by d pixels changes raw pixels by an amount that
     saturates after a few pixels. A Gaussian blur of std ``blur`` widens it to std ``sqrt(1.7**2 + blur**2)``, so
-    the feature distance keeps growing over that range. The projection (``width`` < 3 * 16 * 16 = 768 rows of a
-    random orthogonal matrix, seeded: its columns) keeps distances up to a random-projection error and shrinks the token;
-    ``width`` = 768 keeps the blurred pixels as they are. Features are ``gain * (pixel - 1)``: a white background
+    the feature distance keeps growing over that range. The projection onto ``width`` < 768 (= 3 * 16 * 16)
+    orthonormal directions drawn from ``init_seed`` keeps distances up to a random-projection error and shrinks
+    the token; ``width`` = 768 keeps the blurred pixels as they are. Features are ``gain * (pixel - 1)``: a white background
     is 0 (images are in [-1, 1]).
 
     The blur kernel and the projection (times ``gain``) are buffers, so checkpoints and feature-cache fingerprints
