@@ -54,21 +54,40 @@ DinoName = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vi
 
 class EncoderConfig(ConfigModel):
     name: Literal[
-        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny", "conv"
+        "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dinov2_tiny", "conv", "pixels"
     ] = Field(
-        description="DINOv2 ViT-S/B/L/G, the offline dinov2_tiny (random frozen weights) or a trainable conv"
+        description=(
+            "DINOv2 ViT-S/B/L/G, the offline dinov2_tiny (random frozen weights), a trainable conv, or pixels "
+            "(each 16 x 16 cell's blurred pixels, fixed)"
+        )
     )
     feature: Literal["patch", "cls"] = Field("patch", description="patch tokens or the CLS token")
     pretrained: bool = Field(True, description="false = random init (tests, offline demos)")
     weights: str | None = Field(None, description="explicit weights file; else the hub / HF caches")
     allow_download: bool = Field(False, description="let torch.hub download weights if no local copy")
     train: bool = Field(False, description="fine-tune the encoder (the reference keeps it frozen)")
-    # Only for the small offline encoders (dinov2_tiny, conv).
-    width: int = Field(64, gt=0, description="dinov2_tiny / conv only: token width")
+    # Only for the small offline encoders (dinov2_tiny, conv, pixels).
+    width: int = Field(
+        64,
+        gt=0,
+        description=(
+            "dinov2_tiny / conv: token width; pixels: token width after its random orthogonal projection "
+            "(at most 768 = 3 x 16 x 16; 768 keeps the pixels unprojected)"
+        ),
+    )
     depth: int = Field(2, gt=0, description="dinov2_tiny only: transformer blocks")
     heads: int = Field(2, gt=0, description="dinov2_tiny only: attention heads")
     init_seed: int = Field(
-        0, description="dinov2_tiny / conv: seed of the initial (for dinov2_tiny: frozen) weights"
+        0,
+        description=(
+            "dinov2_tiny / conv: seed of the initial (for dinov2_tiny: frozen) weights; pixels: of its projection"
+        ),
+    )
+    blur: float = Field(
+        0.0, ge=0, description="pixels only: std in pixels of the Gaussian blur before patching (0: none)"
+    )
+    gain: float = Field(
+        1.0, gt=0, description="pixels only: the features are gain * (pixel - 1), a white pixel is 0"
     )
 
     @property
@@ -77,14 +96,21 @@ class EncoderConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> EncoderConfig:
-        if self.name in ("dinov2_tiny", "conv") and self.pretrained:
+        if self.name in ("dinov2_tiny", "conv", "pixels") and self.pretrained:
             raise ValueError(
                 f"encoder.pretrained: no pretrained weights exist for {self.name}; set it to false"
             )
-        if self.name == "conv" and self.feature != "patch":
-            raise ValueError("encoder.feature: the conv encoder only produces patch tokens")
+        if self.name in ("conv", "pixels") and self.feature != "patch":
+            raise ValueError(f"encoder.feature: the {self.name} encoder only produces patch tokens")
         if self.name == "dinov2_tiny" and self.width % self.heads:
             raise ValueError("encoder.width must be divisible by encoder.heads")
+        if self.name == "pixels":
+            if self.train:
+                raise ValueError("encoder.train: the pixels encoder has nothing to train; set it to false")
+            if self.width > 768:
+                raise ValueError(
+                    f"encoder.width: the pixels encoder has at most 768 features, got {self.width}"
+                )
         return self
 
 

@@ -36,6 +36,8 @@ def build_encoder_from_config(cfg: Config, *, load_weights: bool = True) -> nn.M
         depth=e.depth,
         heads=e.heads,
         init_seed=e.init_seed,
+        blur=e.blur,
+        gain=e.gain,
     )
 
 

@@ -1,4 +1,5 @@
-"""Visual encoders: frozen DINOv2 patch features (the DINO-WM default) and a small trainable conv patch encoder.
+"""Visual encoders: frozen DINOv2 patch features (the DINO-WM default), a small trainable conv patch encoder and a
+fixed pixel-patch encoder (no learned or random network: for offline work on small frames).
 
 Reference: docs/reference.md section 2.1. The reference calls `torch.hub.load("facebookresearch/dinov2")`
 inside its constructor, which downloads code and weights. Here the architecture is our own (`dinov2.py`) and the
@@ -22,6 +23,7 @@ from typing import Literal, TypeVar
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from dinowm_core.models.dinov2 import ARCHS, DinoVisionTransformer, dinov2_vit, init_weights_
 
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 Feature = Literal["patch", "cls"]
 M = TypeVar("M", bound=nn.Module)
-ENCODER_NAMES = (*(f"dinov2_{arch}" for arch in ARCHS), "dinov2_tiny", "conv")
+ENCODER_NAMES = (*(f"dinov2_{arch}" for arch in ARCHS), "dinov2_tiny", "conv", "pixels")
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_{arch}/dinov2_{arch}_pretrain.pth"
 # Hugging Face repos holding the same weights: (timm repo, transformers repo).
 _HF_REPOS = {
@@ -124,6 +126,65 @@ def _init_conv_(model: ConvPatchEncoder, generator: torch.Generator) -> ConvPatc
                 module.weight.fill_(1.0)
                 module.bias.zero_()
     return model
+
+
+class PixelPatchEncoder(nn.Module):
+    """One token per 16 x 16 pixel cell: the cell's pixels themselves, optionally low-pass filtered, optionally
+    mixed by a fixed random orthogonal projection. Nothing is learned and nothing is random but the projection.
+
+    A small object (Wall's dot: a Gaussian of std 1.7 px) moved by d pixels changes raw pixels by an amount that
+    saturates after a few pixels. A Gaussian blur of std ``blur`` widens it to std ``sqrt(1.7**2 + blur**2)``, so
+    the feature distance keeps growing over that range. The projection onto ``width`` < 768 (= 3 * 16 * 16)
+    orthonormal directions drawn from ``init_seed`` keeps distances up to a random-projection error and shrinks
+    the token; ``width`` = 768 keeps the blurred pixels as they are. Features are ``gain * (pixel - 1)``: a white background
+    is 0 (images are in [-1, 1]).
+
+    The blur kernel and the projection (times ``gain``) are buffers, so checkpoints and feature-cache fingerprints
+    hold all of the encoder; :func:`build_encoder` rebuilds them identically from ``init_seed``.
+    """
+
+    patch_size = 16
+    in_chans = 3
+
+    def __init__(self, width: int, blur: float, gain: float, generator: torch.Generator) -> None:
+        super().__init__()
+        dim = self.in_chans * self.patch_size**2
+        if not 0 < width <= dim:
+            raise ValueError(f"pixels encoder: width must be in 1..{dim} (3 x 16 x 16 pixels), got {width}")
+        if blur < 0:
+            raise ValueError(f"pixels encoder: blur must be >= 0, got {blur}")
+        self.width, self.blur, self.gain = width, float(blur), float(gain)
+        radius = math.ceil(3 * blur)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-(taps**2) / (2 * blur**2)) if blur > 0 else torch.ones(1, dtype=torch.float64)
+        self.register_buffer("kernel", (kernel / kernel.sum()).float())
+        if width == dim:
+            proj = torch.eye(dim)
+        else:  # orthonormal columns: QR of a Gaussian matrix drawn from the seeded generator
+            q, r = torch.linalg.qr(torch.randn(dim, width, generator=generator, dtype=torch.float64))
+            proj = (q * torch.sign(torch.diagonal(r))).float()  # sign fix: a unique Q for the draw
+        self.register_buffer("proj", proj * self.gain)  # (dim, width)
+
+    def _blurred(self, x: torch.Tensor) -> torch.Tensor:
+        radius = (self.kernel.numel() - 1) // 2
+        if radius == 0:
+            return x
+        c = x.shape[1]
+        k = self.kernel.to(x.dtype)
+        x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # separable: rows, then columns
+        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, 3, H, W) in [-1, 1] -> {x_norm_patchtokens: (B, H/16 * W/16, width)}"""
+        if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of {self.patch_size}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"pixels encoder expects {self.in_chans} channels, got {x.shape[1]}")
+        p = self.patch_size
+        x = self._blurred(x) - 1.0
+        patches = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
+        return {"x_norm_patchtokens": patches @ self.proj.to(patches.dtype)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,15 +408,27 @@ def build_encoder(
     depth: int = 2,
     heads: int = 2,
     init_seed: int = 0,
+    blur: float = 0.0,
+    gain: float = 1.0,
 ) -> VisualEncoder:
     """Build a visual encoder by name (see ENCODER_NAMES).
 
-    `train=None` means the default for the family: DINOv2 frozen, `conv` trainable. `width`, `depth`, `heads` size
-    `dinov2_tiny` (and `width` the conv encoder); random inits draw only from a generator seeded with `init_seed`.
+    `train=None` means the default for the family: DINOv2 frozen, `conv` trainable, `pixels` always frozen. `width`,
+    `depth`, `heads` size `dinov2_tiny` (and `width` the conv encoder and the pixels encoder's projection); `blur`
+    and `gain` set the pixels encoder's filter and scale. Random inits (and the pixels encoder's projection) draw
+    only from a generator seeded with `init_seed`.
     """
     if name not in ENCODER_NAMES:
         raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODER_NAMES}")
     generator = torch.Generator().manual_seed(init_seed)
+    if name == "pixels":
+        if feature != "patch":
+            raise ValueError("the pixels encoder has no CLS token: use feature='patch'")
+        if weights is not None or train:
+            raise ValueError("the pixels encoder has no weights to load or train")
+        backbone = PixelPatchEncoder(width, blur, gain, generator)
+        return VisualEncoder(backbone, name=name, emb_dim=width, patch_size=PixelPatchEncoder.patch_size,
+                             feature=feature, is_dino=False, trainable=False)  # fmt: skip
     if name == "conv":
         if feature != "patch":
             raise ValueError("the conv encoder has no CLS token: use feature='patch'")
