@@ -119,6 +119,12 @@ def test_a_model_plans_it_with_its_memory(episodes, predictor, tmp_path, monkeyp
         assert all(m is None for m in seen)
 
 
+def test_a_budget_no_way_fits_says_so():
+    spec = episode_specs(GRID.model_copy(update={"goal_budget": 2}), img_size=64)[0]
+    with pytest.raises(RuntimeError, match="goal_budget=2: raise it"):
+        EpisodeBuilder().build(spec)
+
+
 def test_needs_a_runner(episodes):
     with pytest.raises(ValueError, match="GoalRunner"):
         run_memory_eval(GRID, None, episodes[:1])

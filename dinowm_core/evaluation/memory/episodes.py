@@ -116,7 +116,9 @@ class EpisodeBuilder:
                 if with_map:
                     ep.maps = self._maps(ep)
                 return ep
-        raise RuntimeError(f"memory task {spec.task}: no valid episode in {MAX_DRAWS} draws for {spec}")
+        hint = (f"; no way back fitted memory_eval.goal_budget={spec.goal_budget}: raise it"
+                if spec.task == "object_goal" else "")  # fmt: skip
+        raise RuntimeError(f"memory task {spec.task}: no valid episode in {MAX_DRAWS} draws for {spec}{hint}")
 
     # ---- worlds -------------------------------------------------------------------------------------
     def _world(self, spec: EpisodeSpec, rng: np.random.Generator, distinct: bool = False) -> dict[str, Any]:
