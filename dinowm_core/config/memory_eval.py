@@ -23,15 +23,7 @@ MEMORY_TASKS = (
     "error_horizon",
     "planning",
 )
-MemoryTask = Literal[
-    "object_recall",
-    "object_goal",
-    "colour_memory",
-    "sequence_memory",
-    "loop_closure",
-    "error_horizon",
-    "planning",
-]
+MemoryTask = Literal[MEMORY_TASKS]  # type: ignore[valid-type]  # the tuple above, one list of names
 
 
 class MemoryEvalConfig(ConfigModel):

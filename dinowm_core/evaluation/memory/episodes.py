@@ -211,13 +211,20 @@ class EpisodeBuilder:
             return None
         return start, actions + away, views
 
-    def _object_recall(self, spec: EpisodeSpec, rng: np.random.Generator) -> MemoryEpisode | None:
+    def _shown_once(self, spec: EpisodeSpec, rng: np.random.Generator) -> tuple | None:
+        """A world, a tour that views object 0 and walks away -> (params, states, observed, view) or None."""
         params = self._world(spec, rng)
         tour = self._tour(spec, rng, params, [0])
         if tour is None:
             return None
         start, actions, (view,) = tour
-        states, observed = self._observed(params, start, actions)
+        return (params, *self._observed(params, start, actions), view)
+
+    def _object_recall(self, spec: EpisodeSpec, rng: np.random.Generator) -> MemoryEpisode | None:
+        shown = self._shown_once(spec, rng)
+        if shown is None:
+            return None
+        params, states, observed, view = shown
         back = self._path(params, states[-1], walk(self.env.blocked, states[-1], view[:2], view[2]))
         other = params["objects"][0][1]
         while other == params["objects"][0][1]:
@@ -229,12 +236,10 @@ class EpisodeBuilder:
         """Object recall by planning: the observed part of ``object_recall``; the goal is the state that viewed
         the object (its frame and proprio), reachable within ``goal_budget`` steps (the "goal" probe is the
         shortest way there)."""
-        params = self._world(spec, rng)
-        tour = self._tour(spec, rng, params, [0])
-        if tour is None:
+        shown = self._shown_once(spec, rng)
+        if shown is None:
             return None
-        start, actions, (view,) = tour
-        states, observed = self._observed(params, start, actions)
+        params, states, observed, view = shown
         way = walk(self.env.blocked, states[-1], view[:2], view[2])
         if not 0 < len(way) <= spec.goal_budget:
             return None
