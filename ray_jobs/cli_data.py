@@ -44,8 +44,10 @@ def generate_cmd(
     img_size: int = typer.Option(64, min=1),
     policy: str = typer.Option(
         "random",
-        help="random | noisy_goal (wall, point_maze, reacher) | pusht_push | four_rooms_random, "
-        "four_rooms_explore, four_rooms_bfs, two_rooms_bfs (four_rooms) | explore (memory_maze)",
+        help="random | sticky_random (wall, point_maze, pusht, reacher) | noisy_goal (wall, point_maze, reacher) "
+        "| pusht_push | four_rooms_random, "
+        "four_rooms_explore, four_rooms_bfs, two_rooms_bfs (four_rooms) | explore (memory_maze); "
+        "a:3+b:1 mixes policies, one per episode with those odds (e.g. random:3+noisy_goal:1)",
     ),
     episodes_per_shard: int = typer.Option(0, min=0, help="0 = automatic"),
     env_kwarg: list[str] = typer.Option(

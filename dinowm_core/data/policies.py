@@ -1,6 +1,8 @@
 """Data-collection policies: ``random`` (reference data for wall / point_maze), ``noisy_goal``, ``pusht_push`` and
 ``explore`` (Memory-Maze); the ``four_rooms_*`` / ``two_rooms_bfs`` presets live in
-:mod:`dinowm_core.data.four_rooms_policies`.
+:mod:`dinowm_core.data.four_rooms_policies`. A mixture ``a+b`` (e.g. ``random+noisy_goal``) rolls one of its
+parts per episode, each with equal probability, or with the
+given weights (``random:3+noisy_goal:1``).
 
 A policy is built per episode with its own ``numpy.random.Generator`` (derived from the dataset seed and the
 episode index), sees only the raw env state and returns an action in env units. :func:`make_policy` checks
@@ -42,6 +44,29 @@ class RandomPolicy:
         if self.num_actions is not None:
             return np.array([self.rng.integers(self.num_actions)], np.int64)
         return self.rng.uniform(self.low, self.high)
+
+
+class StickyRandomPolicy:
+    """Uniform random actions, each held for a geometric number of steps (mean ``mean_hold``).
+
+    Unlike :class:`RandomPolicy`, whose independent steps jitter in place (on Wall a 50-step episode drifts
+    about 9 px), held actions travel: the agent runs into walls from every side and angle and now and then
+    through a gap, which a world model has to see to predict contact.
+    """
+
+    def __init__(self, env: PlanningEnv, rng: np.random.Generator, mean_hold: float = 8.0) -> None:
+        if getattr(env, "num_actions", None) is not None:
+            raise ValueError("sticky_random: for continuous actions (a discrete env has its own presets)")
+        self.low, self.high = action_bounds(env)
+        self.rng, self.mean_hold = rng, mean_hold
+        self.action, self.left = self.low, 0
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        if self.left <= 0:
+            self.action = self.rng.uniform(self.low, self.high)
+            self.left = int(self.rng.geometric(1.0 / self.mean_hold))
+        self.left -= 1
+        return self.action.copy()
 
 
 # Per-env proportional-derivative gains for ``noisy_goal``: action = kp * (goal - pos) - kd * vel on the
@@ -199,6 +224,7 @@ class ExplorePolicy:
 
 POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
     "random": (RandomPolicy, None),
+    "sticky_random": (StickyRandomPolicy, ("wall", "point_maze", "pusht", "reacher")),
     "noisy_goal": (NoisyGoalPolicy, tuple(_GOAL_GAINS)),
     "pusht_push": (PushTPolicy, ("pusht",)),
     **{name: (cls, ("four_rooms",)) for name, cls in four_rooms_policies.POLICIES.items()},
@@ -206,8 +232,35 @@ POLICIES: dict[str, tuple[Callable[..., Policy], tuple[str, ...] | None]] = {
 }
 
 
+MIXTURE_SEP = "+"
+
+
+def policy_parts(name: str) -> list[tuple[str, float]]:
+    """The policies of a mixture ``a+b`` or ``a:3+b:1`` with their probabilities (weights default to 1);
+    ``[(name, 1.0)]`` for a plain policy."""
+    parts: list[tuple[str, float]] = []
+    for item in name.split(MIXTURE_SEP):
+        part, _, weight = item.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = -1.0
+        if not part or not w > 0 or part in {p for p, _ in parts}:
+            raise ValueError(f"policy mixture {name!r}: name each policy once, joined by {MIXTURE_SEP!r}, "
+                             "each with an optional positive weight (e.g. random:3+noisy_goal:1)")  # fmt: skip
+        parts.append((part, w))
+    total = sum(w for _, w in parts)
+    return [(p, w / total) for p, w in parts]
+
+
 def check_policy(name: str, env_name: str) -> None:
-    """Raise ``ValueError`` unless policy ``name`` exists and suits env ``env_name`` (needs no env instance)."""
+    """Raise ``ValueError`` unless policy ``name`` (or each part of a mixture) exists and suits env
+    ``env_name`` (needs no env instance)."""
+    parts = policy_parts(name)
+    if len(parts) > 1 or parts[0][0] != name:
+        for part, _ in parts:
+            check_policy(part, env_name)
+        return
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r} (choices: {', '.join(POLICIES)})")
     envs = POLICIES[name][1]
@@ -220,11 +273,18 @@ def check_policy(name: str, env_name: str) -> None:
 
 
 def preset_env_kwargs(name: str) -> dict[str, Any]:
-    """Env kwargs that policy preset ``name`` needs (``two_rooms_bfs``: the two-rooms layout)."""
-    return dict(four_rooms_policies.PRESET_ENV_KWARGS.get(name, {}))
+    """Env kwargs that policy preset ``name`` needs (``two_rooms_bfs``: the two-rooms layout); a mixture's
+    parts must agree on them, since every episode of a dataset shares one env."""
+    kwargs = [dict(four_rooms_policies.PRESET_ENV_KWARGS.get(p, {})) for p, _ in policy_parts(name)]
+    if any(k != kwargs[0] for k in kwargs):
+        raise ValueError(f"policy mixture {name!r}: its parts need different env settings ({kwargs})")
+    return kwargs[0]
 
 
 def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy:
-    """Build policy ``name`` for one episode of ``env``."""
+    """Build policy ``name`` for one episode of ``env`` (a mixture: one of its parts, drawn from ``rng``)."""
     check_policy(name, env.env_name)
+    parts = policy_parts(name)
+    if len(parts) > 1 or parts[0][0] != name:
+        name = parts[int(rng.choice(len(parts), p=[w for _, w in parts]))][0]
     return POLICIES[name][0](env, rng)

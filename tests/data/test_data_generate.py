@@ -130,6 +130,83 @@ def test_policies_respect_bounds_and_goals():
         make_policy("nope", env, rng)
 
 
+def test_policy_mixture_rolls_one_part_per_episode_and_its_goal_half_crosses_the_wall(tmp_path):
+    """``random+noisy_goal``: each episode is one of the two, drawn from the episode's seed; on Wall the random
+    episodes stay on their side (uniform random actions barely drift), the goal-driven ones go through the door."""
+    from dinowm_core.envs.wall import DEFAULT_WALL_X, WALL_HALF_WIDTH
+
+    def crossings(out):
+        store = TrajectoryStore(out)
+        xs = [store.states(i)[:, 0] for i in range(store.num_episodes)]
+        lo, hi = DEFAULT_WALL_X - WALL_HALF_WIDTH, DEFAULT_WALL_X + WALL_HALF_WIDTH
+        return sum(bool(x.min() < lo and x.max() > hi) for x in xs), store
+
+    kw = {"steps": 50, "img_size": 16, "workers": 1, "progress": False, "episodes_per_shard": 40}
+    n_random, _ = crossings(generate("wall", 40, out=tmp_path / "random", policy="random", **kw))
+    n_mixed, mixed = crossings(generate("wall", 40, out=tmp_path / "mixed", policy="random+noisy_goal", **kw))
+    assert n_random <= 1 and 10 <= n_mixed <= 30
+    assert mixed.manifest["generator"]["policy"] == "random+noisy_goal"
+    again = generate("wall", 40, out=tmp_path / "again", policy="random+noisy_goal", **kw)
+    assert _checksums(again) == _checksums(tmp_path / "mixed")  # the draw is part of the episode's seed
+    # which part each episode rolled: the goal-driven one saturates its actions, the random one rarely does
+    saturated = [np.mean(np.abs(mixed.actions(i)) > 0.99) for i in range(40)]
+    assert 10 <= sum(f > 0.3 for f in saturated) <= 30
+
+
+def test_policy_mixture_names_are_checked_part_by_part():
+    from data_fake_envs import FakeDotEnv
+
+    env, rng = FakeDotEnv(img_size=8), np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        make_policy("random+nope", env, rng)
+    with pytest.raises(ValueError, match="supports envs pusht"):
+        make_policy("random+pusht_push", env, rng)
+    for bad in ("random+random", "random+", "+noisy_goal", "random:0+noisy_goal", "random:x+noisy_goal"):
+        with pytest.raises(ValueError, match="name each policy once"):
+            make_policy(bad, env, rng)
+
+
+def test_policy_mixture_weights_set_how_often_each_part_is_rolled():
+    from dinowm_core.data.policies import policy_parts
+
+    assert policy_parts("random") == [("random", 1.0)]
+    assert policy_parts("random:3+noisy_goal") == [("random", 0.75), ("noisy_goal", 0.25)]
+    from data_fake_envs import FakeDotEnv
+
+    env = FakeDotEnv(img_size=8)
+    env.reset(seed=0)
+    rolled = [make_policy("random:3+noisy_goal:1", env, np.random.default_rng(i)) for i in range(400)]
+    kinds = [type(p).__name__ for p in rolled]
+    assert set(kinds) == {"RandomPolicy", "NoisyGoalPolicy"}
+    assert 0.65 < kinds.count("RandomPolicy") / 400 < 0.85
+
+
+def test_sticky_random_holds_each_action_for_several_steps_and_runs_into_walls():
+    from dinowm_core.data.policies import StickyRandomPolicy
+    from dinowm_core.envs.wall import WallEnv
+
+    env = WallEnv(img_size=16)
+    pol = StickyRandomPolicy(env, np.random.default_rng(1))
+    acts = np.array([pol(np.zeros(2)) for _ in range(400)])
+    changes = int((np.abs(np.diff(acts, axis=0)).sum(1) > 0).sum())
+    assert acts.min() >= -1 and acts.max() <= 1 and 25 < changes < 80  # held for ~8 steps on average
+
+    def blocked(policy):  # steps where a wall stopped the dot short of its move
+        n = 0
+        for e in range(20):
+            _, info = env.reset(seed=e)
+            pol = make_policy(policy, env, np.random.default_rng(e))
+            for _ in range(50):
+                state = np.asarray(info["state"], float)
+                a = pol(state)
+                _, _, _, _, info = env.step(a)
+                n += np.linalg.norm(np.asarray(info["state"]) - state - 2 * a) > 0.3
+        return n
+
+    # on Wall it runs into the walls far more often than independent random actions do
+    assert blocked("sticky_random") > 5 * max(blocked("random"), 1)
+
+
 def test_pusht_policy_gets_behind_the_block_and_pushes():
     class _Env:
         env_name = "pusht"
