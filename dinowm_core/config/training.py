@@ -42,6 +42,13 @@ class TrainingConfig(ConfigModel):
     train_predictor: bool = Field(True, description="train the predictor")
     train_decoder: bool = Field(True, description="train the decoder (on detached latents, as the reference)")
     has_decoder: bool = Field(True, description="build a decoder (reconstructions, rollout videos)")
+    decoder_batch_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of each training batch the decoder learns from (its latents are detached, so "
+        "it never affects the predictor); 1 = the whole batch, as the reference; less makes steps cheaper",
+    )
     # Reference: no schedule and no clipping. Ours: both available, reference behaviour by default.
     scheduler: Literal["none", "cosine"] = Field(
         "none", description="learning-rate schedule: none (the reference) or cosine with warmup"

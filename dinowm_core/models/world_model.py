@@ -13,6 +13,7 @@ predicted-frame decoder loss (logged only) is computed without autograd.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -232,9 +233,10 @@ class WorldModel(nn.Module):
                 metrics["decoder_vq_loss_pred"] = diff.detach()
                 metrics["decoder_loss_pred"] = recon + self.latent_loss_weight * diff.detach()
         if self.decoder is not None:
-            true_obs, _ = self.separate(z.detach())
+            rows = self._decoder_rows(z.shape[0])
+            true_obs, _ = self.separate(z[:rows].detach())
             images, diff = self.decode_visual(true_obs["visual"])
-            recon = F.mse_loss(images, obs["visual"])
+            recon = F.mse_loss(images, obs["visual"][:rows])
             dec_loss = recon + self.latent_loss_weight * diff
             metrics["decoder_recon_loss_reconstructed"] = recon.detach()
             metrics["decoder_vq_loss_reconstructed"] = diff.detach()
@@ -242,6 +244,13 @@ class WorldModel(nn.Module):
             loss = loss + dec_loss
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def _decoder_rows(self, batch: int) -> int:
+        """How many samples of a batch the decoder trains on (``training.decoder_batch_fraction``); every
+        sample outside training, so validation measures the decoder on the whole batch."""
+        if not self.training:
+            return batch
+        return max(1, math.ceil(self.cfg.training.decoder_batch_fraction * batch))
 
     def _z_loss(
         self, z_pred: torch.Tensor, z_tgt: torch.Tensor, metrics: dict[str, torch.Tensor]

@@ -168,6 +168,31 @@ def test_loss_terms(concat):
     assert all(g is not None for g in _grads(wm.decoder))
 
 
+def test_decoder_batch_fraction_trains_the_decoder_on_the_first_samples_only():
+    cfg = load_config([*TINY, "predictor.dropout=0", "training.decoder_batch_fraction=0.25"])
+    wm = build_world_model(cfg).train()
+    obs, act = _batch(cfg, b=8)
+    _, metrics = wm.loss(obs, act, decode_pred=False)
+    z = wm.encode(obs, act)
+    images, diff = wm.decode_visual(wm.separate(z[:2].detach())[0]["visual"])  # ceil(0.25 * 8) = 2 samples
+    recon = torch.nn.functional.mse_loss(images, obs["visual"][:2])
+    torch.testing.assert_close(metrics["decoder_recon_loss_reconstructed"], recon)
+    # the predictor's loss still sees the whole batch, and changing a sample the decoder skips changes
+    # only the predictor's terms
+    obs2 = {k: v.clone() for k, v in obs.items()}
+    obs2["visual"][5] = obs2["visual"][5].flip(-1)
+    _, metrics2 = wm.loss(obs2, act, decode_pred=False)
+    torch.testing.assert_close(metrics2["decoder_recon_loss_reconstructed"], recon)
+    assert not torch.equal(metrics2["z_loss"], metrics["z_loss"])
+    # validation (eval mode) measures the decoder on every sample
+    wm.eval()
+    _, val = wm.loss(obs, act, decode_pred=False)
+    images, _ = wm.decode_visual(wm.separate(z.detach())[0]["visual"])
+    torch.testing.assert_close(
+        val["decoder_recon_loss_reconstructed"], torch.nn.functional.mse_loss(images, obs["visual"])
+    )
+
+
 def test_z_loss_excludes_action_dims_and_detaches_target():
     cfg = load_config([*TINY, "predictor.dropout=0", "decoder=none"])
     wm = build_world_model(cfg).train()
