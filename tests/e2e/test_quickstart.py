@@ -117,3 +117,19 @@ def test_reached_by_step_counts_episodes_at_the_goal_by_then():
 
     curve = reached_by_step([0, 3, None, 5], budget=6)
     assert curve.tolist() == [0.25, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75]
+
+
+def test_a_dataset_from_other_settings_is_refused_not_reused(tmp_path):
+    from ray_jobs.quickstart import SIZES, check_reused_data
+
+    size = SIZES["quick"]
+    manifest = {
+        "num_episodes": size["episodes"],
+        "generator": {"steps": size["steps"], "policy": size["policy"]},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    check_reused_data(tmp_path, size)
+    manifest["generator"]["policy"] = "noisy_goal"  # e.g. data from another quickstart version
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="'policy': 'noisy_goal'.*rerun with --fresh"):
+        check_reused_data(tmp_path, size)
