@@ -1,0 +1,137 @@
+"""Where a Wall world model is wrong, and what that does to planning: one line per checkpoint.
+
+    python bench/wall_model_errors.py --data outputs/quickstart/data CKPT [CKPT ...]
+
+* **one model step** (frameskip env steps) from recorded states of ``--data``: the error of the predicted
+  position against the true one, separately for steps a wall cut short (the true end is >= 2 px from where free
+  motion would have put the dot) and free steps. The position is read from the predicted proprio embedding
+  (the embedder is linear: least squares through its weights).
+* **closed loop**: MPC-CEM with the quickstart's planner (horizon 5, 100 samples, top 10, 5 iterations, replan
+  every 25 env steps, budget 50) on the 20 random-state episodes of eval seed 0, stepping the batched Wall
+  simulator in-process (no service, so batching differs from ``dinowm quickstart`` and success can differ by an
+  episode or two). With ``--per-plan`` it prints, per episode and plan, where the model expected the plan to
+  end and where it really ended: a model that walks through walls shows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from dinowm_core import load_world_model  # noqa: E402
+from dinowm_core.data.store import TrajectoryStore  # noqa: E402
+from dinowm_core.envs.base import make_env  # noqa: E402
+from dinowm_core.envs.wall import SUCCESS_RADIUS  # noqa: E402
+from dinowm_core.envs.wall_batch import step_batch  # noqa: E402
+from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
+from dinowm_core.planning import make_planner  # noqa: E402
+from dinowm_core.presets import plan_config  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from planners import targets  # noqa: E402
+
+PLANNER = ["planner=mpc_cem", "planner.cem.num_samples=100", "planner.cem.topk=10", "planner.cem.opt_steps=5",
+           "eval.n_evals=20", "eval.budget=50", "eval.n_plot_samples=0", "eval.device=cpu"]  # fmt: skip
+
+
+def position_reader(wm, adapter: ModelAdapter):
+    """Predicted proprio embeddings (N, E) -> positions (N, 2) in env units."""
+    w = wm.proprio_encoder.proj.weight.detach().double().numpy()
+    b = wm.proprio_encoder.proj.bias.detach().double().numpy()
+
+    def read(emb: torch.Tensor) -> np.ndarray:
+        normalized = np.linalg.lstsq(w, (emb.double().numpy() - b).T, rcond=None)[0].T
+        return np.asarray(adapter.normalizer.denormalize_proprio(normalized))
+
+    return read
+
+
+def step_errors(wm, adapter: ModelAdapter, store: TrajectoryStore, max_blocked: int = 60) -> dict[str, float]:
+    """Mean position error (px) of one predicted model step, for wall-blocked and for free steps."""
+    read, f = position_reader(wm, adapter), wm.cfg.frameskip
+    errors: dict[str, list[float]] = {"blocked": [], "free": []}
+    for i in range(0, store.num_episodes, 3):
+        states, actions = store.states(i)[:, :2], store.actions(i).astype(np.float64)
+        for t in range(0, len(states) - f - 1, f):
+            z0 = adapter.encode(
+                {"visual": store.frames(i, np.array([t])), "proprio": store.proprio(i, t, t + 1)}
+            )
+            with torch.inference_mode():
+                z, _ = wm.rollout(None, adapter.to_model_actions(actions[None, t : t + f]), z_obs0=z0)
+            predicted = read(z["proprio"][0, -1:])[0]
+            free = states[t] + 2.0 * actions[t : t + f].sum(0)  # Wall: pos += 2 * action
+            kind = "blocked" if np.linalg.norm(states[t + f] - free) > 2.0 else "free"
+            errors[kind].append(float(np.linalg.norm(predicted - states[t + f])))
+        if len(errors["blocked"]) >= max_blocked:
+            break
+    return {f"{k}_err_px": float(np.mean(v)) for k, v in errors.items()} | {
+        f"n_{k}": len(v) for k, v in errors.items()
+    }
+
+
+def closed_loop(wm, adapter: ModelAdapter, per_plan: bool) -> dict[str, float]:
+    cfg = plan_config(wm.cfg, PLANNER)
+    tgts = targets(cfg, [0])[0]
+    env = make_env("wall", img_size=cfg.img_size, **cfg.env.kwargs)
+    read = position_reader(wm, adapter)
+    planner = make_planner(cfg.planner, wm)
+    state = planner.init_state(len(tgts), [t.episode_seed % 2**62 for t in tgts])
+    pos = np.array([t.init_state for t in tgts], np.float64)
+    goal = np.array([t.goal_state for t in tgts], np.float64)
+    layout = np.array([[t.env_params.get("wall_x", 32), t.env_params.get("door_y", 30)] for t in tgts], float)
+
+    def observe(points: np.ndarray) -> dict[str, np.ndarray]:
+        pairs = zip(tgts, points, strict=True)
+        obs = [env.reset(options={"state": p, "env_params": t.env_params})[0] for t, p in pairs]
+        return {k: np.stack([o[k] for o in obs]) for k in ("visual", "proprio")}
+
+    z_goal = adapter.encode({k: np.stack([t.goal_obs[k] for t in tgts]) for k in ("visual", "proprio")})
+    steps, plans = 0, [[] for _ in tgts]
+    while steps < cfg.eval.budget:
+        z0 = adapter.encode(observe(pos))
+        result, state = planner.plan(z0, z_goal, state)
+        with torch.inference_mode():
+            z, _ = wm.rollout(None, result.execute, z_obs0=z0)
+        expected = read(z["proprio"][:, -1])
+        for a in adapter.to_env_actions(result.execute).transpose(1, 0, 2)[: cfg.eval.budget - steps]:
+            pos, steps = step_batch(pos, a, layout[:, 0], layout[:, 1]), steps + 1
+        for i in range(len(tgts)):
+            plans[i].append((expected[i].round(1).tolist(), pos[i].round(1).tolist()))
+    dist = np.linalg.norm(pos - goal, axis=1)
+    if per_plan:
+        for i, t in enumerate(tgts):
+            mark = "S" if dist[i] < SUCCESS_RADIUS else "."
+            print(f"  {i:2d} {mark} start {t.init_state.round(1).tolist()} goal {t.goal_state.round(1).tolist()} "
+                  f"plans (model's end -> true end): {plans[i]}")  # fmt: skip
+    return {"success": float((dist < SUCCESS_RADIUS).mean()), "mean_distance": float(dist.mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--data", required=True, help="a Wall dataset for the one-step errors")
+    ap.add_argument("--per-plan", action="store_true", help="print each plan's expected and true end")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    store = TrajectoryStore(args.data)
+    print("checkpoint | blocked-step error | free-step error | closed-loop success | mean final distance")
+    for ckpt in args.checkpoints:
+        wm = load_world_model(ckpt).eval()
+        adapter = ModelAdapter(wm, device="cpu")
+        errs = step_errors(wm, adapter, store)
+        loop = closed_loop(wm, adapter, args.per_plan)
+        print(f"{ckpt} | {errs['blocked_err_px']:.2f} px (n={errs['n_blocked']}) | {errs['free_err_px']:.2f} px "
+              f"(n={errs['n_free']}) | {loop['success']:.2f} | {loop['mean_distance']:.1f} px", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
