@@ -8,8 +8,8 @@
   (the embedder is linear: least squares through its weights).
 * **closed loop**: MPC-CEM with the quickstart's planner (horizon 5, 100 samples, top 10, 5 iterations, replan
   every 25 env steps, budget 50) on the 20 random-state episodes of eval seed 0, stepping the batched Wall
-  simulator in-process (no service, so batching differs from ``dinowm quickstart`` and success can differ by an
-  episode or two). With ``--per-plan`` it prints, per episode and plan, where the model expected the plan to
+  simulator in-process, each episode's planner random numbers seeded as the evaluation seeds them (so, like
+  the service's env actors, it should plan what ``dinowm quickstart`` plans). With ``--per-plan`` it prints, per episode and plan, where the model expected the plan to
   end and where it really ended: a model that walks through walls shows here.
 """
 
@@ -31,6 +31,7 @@ from dinowm_core.envs.base import make_env  # noqa: E402
 from dinowm_core.envs.wall import SUCCESS_RADIUS  # noqa: E402
 from dinowm_core.envs.wall_batch import step_batch  # noqa: E402
 from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
+from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # noqa: E402
 from dinowm_core.planning import make_planner  # noqa: E402
 from dinowm_core.presets import plan_config  # noqa: E402
 
@@ -82,7 +83,8 @@ def closed_loop(wm, adapter: ModelAdapter, per_plan: bool) -> dict[str, float]:
     env = make_env("wall", img_size=cfg.img_size, **cfg.env.kwargs)
     read = position_reader(wm, adapter)
     planner = make_planner(cfg.planner, wm)
-    state = planner.init_state(len(tgts), [t.episode_seed % 2**62 for t in tgts])
+    # each episode's planner RNG stream seeded as the evaluation (and the service's env actors) seed it
+    state = planner.init_state(len(tgts), [episode_stream_seed(0, t.episode_seed) for t in tgts])
     pos = np.array([t.init_state for t in tgts], np.float64)
     goal = np.array([t.goal_state for t in tgts], np.float64)
     layout = np.array([[t.env_params.get("wall_x", 32), t.env_params.get("door_y", 30)] for t in tgts], float)
