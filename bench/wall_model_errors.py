@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from dinowm_core import load_world_model  # noqa: E402
 from dinowm_core.data.store import TrajectoryStore  # noqa: E402
 from dinowm_core.envs.base import make_env  # noqa: E402
-from dinowm_core.envs.wall import SUCCESS_RADIUS  # noqa: E402
+from dinowm_core.envs.wall import STEP_SCALE, SUCCESS_RADIUS  # noqa: E402
 from dinowm_core.envs.wall_batch import step_batch  # noqa: E402
 from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # noqa: E402
@@ -67,7 +67,7 @@ def step_errors(wm, adapter: ModelAdapter, store: TrajectoryStore, max_blocked: 
             with torch.inference_mode():
                 z, _ = wm.rollout(None, adapter.to_model_actions(actions[None, t : t + f]), z_obs0=z0)
             predicted = read(z["proprio"][0, -1:])[0]
-            free = states[t] + 2.0 * actions[t : t + f].sum(0)  # Wall: pos += 2 * action
+            free = states[t] + STEP_SCALE * actions[t : t + f].sum(0)  # Wall: pos += 2 * action
             kind = "blocked" if np.linalg.norm(states[t + f] - free) > 2.0 else "free"
             errors[kind].append(float(np.linalg.norm(predicted - states[t + f])))
         if len(errors["blocked"]) >= max_blocked:

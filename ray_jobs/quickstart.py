@@ -59,9 +59,9 @@ PLAN = [
 DATA_POLICY = "random"
 SIZES = {
     # episodes, steps per episode, optimizer steps, batch, evaluation episodes
-    "full": {"episodes": 600, "steps": 50, "max_steps": 1200, "batch": 32, "n_evals": 20, "policy": DATA_POLICY},
-    "quick": {"episodes": 24, "steps": 30, "max_steps": 6, "batch": 8, "n_evals": 4, "policy": DATA_POLICY},
-}  # fmt: skip
+    "full": {"episodes": 600, "steps": 50, "max_steps": 1200, "batch": 32, "n_evals": 20},
+    "quick": {"episodes": 24, "steps": 30, "max_steps": 6, "batch": 8, "n_evals": 4},
+}
 #: the file that marks a directory as a quickstart's output dir (``--fresh`` clears only such a dir)
 MARK = ".dinowm-quickstart"
 #: what the stages write under the output dir: all that ``--fresh`` removes
@@ -120,11 +120,11 @@ def write_stage(out: Path, stage: str, settings: dict[str, Any], record: dict[st
 
 
 def check_reused_data(data: Path, size: dict[str, Any]) -> None:
-    """Refuse to reuse a dataset generated with other settings (e.g. by an older quickstart)."""
+    """Refuse to reuse a dataset generated with other settings (e.g. by another quickstart version)."""
     manifest = json.loads((data / "manifest.json").read_text())
     gen = manifest.get("generator", {})
     have = {"episodes": manifest.get("num_episodes"), "steps": gen.get("steps"), "policy": gen.get("policy")}
-    want = {k: size[k] for k in have}
+    want = {"episodes": size["episodes"], "steps": size["steps"], "policy": DATA_POLICY}
     if have != want:
         raise ValueError(f"{data} holds a dataset generated with {have}, this quickstart needs {want}: "
                          "rerun with --fresh to regenerate it (and retrain)")  # fmt: skip
@@ -322,7 +322,7 @@ def run(output_dir: str, overrides: list[str], *, quick: bool = False, fresh: bo
     }
     plan_settings = {"size": size, "overrides": keys}
 
-    _say(f"[1/4] data: {size['episodes']} Wall episodes ({size['policy']}) x {size['steps']} steps at "
+    _say(f"[1/4] data: {size['episodes']} Wall episodes ({DATA_POLICY}) x {size['steps']} steps at "
          f"{cfg.img_size} px")  # fmt: skip
     t0 = time.perf_counter()
     if (data / "manifest.json").is_file():
@@ -330,7 +330,7 @@ def run(output_dir: str, overrides: list[str], *, quick: bool = False, fresh: bo
         _say(f"      reused: {data} (manifest.json)")
     else:
         generate("wall", size["episodes"], size["steps"], data, seed=0, workers=2, img_size=cfg.img_size,
-                 policy=size["policy"])  # fmt: skip
+                 policy=DATA_POLICY)  # fmt: skip
     store = TrajectoryStore(data)
     _say(f"      {store.num_episodes} episodes in {data} ({time.perf_counter() - t0:.1f}s)")
 

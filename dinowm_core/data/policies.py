@@ -256,11 +256,11 @@ def policy_parts(name: str) -> list[tuple[str, float]]:
 def check_policy(name: str, env_name: str) -> None:
     """Raise ``ValueError`` unless policy ``name`` (or each part of a mixture) exists and suits env
     ``env_name`` (needs no env instance)."""
-    parts = policy_parts(name)
-    if len(parts) > 1 or parts[0][0] != name:
-        for part, _ in parts:
-            check_policy(part, env_name)
-        return
+    for part, _ in policy_parts(name):
+        _check_one(part, env_name)
+
+
+def _check_one(name: str, env_name: str) -> None:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r} (choices: {', '.join(POLICIES)})")
     envs = POLICIES[name][1]
@@ -285,6 +285,6 @@ def make_policy(name: str, env: PlanningEnv, rng: np.random.Generator) -> Policy
     """Build policy ``name`` for one episode of ``env`` (a mixture: one of its parts, drawn from ``rng``)."""
     check_policy(name, env.env_name)
     parts = policy_parts(name)
-    if len(parts) > 1 or parts[0][0] != name:
-        name = parts[int(rng.choice(len(parts), p=[w for _, w in parts]))][0]
-    return POLICIES[name][0](env, rng)
+    # a plain policy draws nothing here, so its episodes stay as they were
+    pick = 0 if len(parts) == 1 else int(rng.choice(len(parts), p=[w for _, w in parts]))
+    return POLICIES[parts[pick][0]][0](env, rng)

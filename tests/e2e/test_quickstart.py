@@ -120,12 +120,12 @@ def test_reached_by_step_counts_episodes_at_the_goal_by_then():
 
 
 def test_a_dataset_from_other_settings_is_refused_not_reused(tmp_path):
-    from ray_jobs.quickstart import SIZES, check_reused_data
+    from ray_jobs.quickstart import DATA_POLICY, SIZES, check_reused_data
 
     size = SIZES["quick"]
     manifest = {
         "num_episodes": size["episodes"],
-        "generator": {"steps": size["steps"], "policy": size["policy"]},
+        "generator": {"steps": size["steps"], "policy": DATA_POLICY},
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     check_reused_data(tmp_path, size)
