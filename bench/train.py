@@ -37,7 +37,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = {
     "reference": ["env=wall", "encoder.pretrained=false"],  # 224 px -> 196 px DINO input, 196 patches
     "small": ["env=wall", "encoder.pretrained=false", "img_size=64"],  # 16 patches
-}
+    # the quickstart's model, and with 16x proprio/action repeats, with the decoder on 1/8 of each batch
+    "quickstart": ["env=wall", "encoder=dino_tiny", "predictor=vit_small", "decoder=vqvae_small", "img_size=64",
+                   "frameskip=5", "num_hist=1"],
+    "quickstart_rep16": ["env=wall", "encoder=dino_tiny", "predictor=vit_small", "decoder=vqvae_small",
+                         "img_size=64", "frameskip=5", "num_hist=1", "num_proprio_repeat=16", "num_action_repeat=16"],
+    "quickstart_rep16_dec8": ["env=wall", "encoder=dino_tiny", "predictor=vit_small", "decoder=vqvae_small",
+                              "img_size=64", "frameskip=5", "num_hist=1", "num_proprio_repeat=16",
+                              "num_action_repeat=16", "training.decoder_batch_fraction=0.125"],
+}  # fmt: skip
 
 
 def emit(**row) -> None:
