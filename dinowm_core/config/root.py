@@ -64,6 +64,9 @@ class Config(ConfigModel):
                 "predictor.memory.additive_actions needs concat=channel (actions are token channels)"
             )
         if self.data.sequence_length is not None:
+            if self.training.rollout_steps > 1:
+                raise ValueError("training.rollout_steps > 1 does not combine with data.sequence_length "
+                                 "(memory sequence training): use one or the other")  # fmt: skip
             if self.data.sequence_length < self.num_window_frames:
                 raise ValueError(f"data.sequence_length ({self.data.sequence_length}) must hold one window of "
                                  f"num_hist + num_pred = {self.num_window_frames} frames")  # fmt: skip
@@ -98,7 +101,8 @@ class Config(ConfigModel):
 
     @property
     def num_window_frames(self) -> int:
-        return self.num_hist + self.num_pred
+        """Frames of one training window: the context, then the frames the loss predicts."""
+        return self.num_hist + self.num_pred + self.training.rollout_steps - 1
 
     @property
     def num_sample_frames(self) -> int:

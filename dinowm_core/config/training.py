@@ -68,6 +68,20 @@ class TrainingConfig(ConfigModel):
     tbptt_windows: int | None = Field(
         None, gt=0, description="with data.sequence_length: windows between memory detaches (None: never)"
     )
+    rollout_steps: int = Field(
+        1,
+        gt=0,
+        description="model steps each training window predicts: 1 = the reference's one-step loss (teacher "
+        "forcing); K > 1 also feeds the predictor its own predictions, with the true actions, for K - 1 more "
+        "steps as planning does, and averages the latent loss over the K steps (windows of num_hist + K frames)",
+    )
+    proprio_loss_weight: float = Field(
+        1.0,
+        gt=0,
+        description="weight of the proprio channels' squared errors in the latent loss (1 = a plain MSE over "
+        "visual and proprio channels, as the reference); more makes the predictor fit the state dynamics "
+        "before the visual features",
+    )
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, off on CPU"
     )

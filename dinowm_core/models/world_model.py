@@ -213,30 +213,34 @@ class WorldModel(nn.Module):
         metrics: dict[str, torch.Tensor] = {}
         loss = z.new_zeros(())
         window = self.num_hist + self.num_pred
-        if self.predictor is not None and z.shape[1] > window:
+        rollout = self.cfg.training.rollout_steps > 1
+        if self.predictor is not None and z.shape[1] > window and not rollout:
             # A long trajectory: consecutive windows, the memory carried across them (sequence training).
             z_loss = self._sequence_loss(z, metrics)
             metrics["z_loss"] = z_loss.detach()
             loss = loss + z_loss
         elif self.predictor is not None:
-            z_tgt = z[:, self.num_pred :].detach()
+            z_tgt = z[:, self.num_pred : window].detach()
             z_pred = self.predict(z[:, : self.num_hist])
             z_loss = self._z_loss(z_pred, z_tgt, metrics)
+            if rollout:
+                z_loss = self._rollout_loss(z, act, z_pred, z_loss, metrics)
             metrics["z_loss"] = z_loss.detach()
             loss = loss + z_loss
             if self.decoder is not None and decode_pred:
                 # Logged only, never optimized (reference): decode the predicted latents without autograd.
                 pred_obs, _ = self.separate(z_pred.detach())
                 images, diff = self._no_grad_decode(pred_obs["visual"])
-                recon = F.mse_loss(images, obs["visual"][:, self.num_pred :])
+                recon = F.mse_loss(images, obs["visual"][:, self.num_pred : window])
                 metrics["decoder_recon_loss_pred"] = recon
                 metrics["decoder_vq_loss_pred"] = diff.detach()
                 metrics["decoder_loss_pred"] = recon + self.latent_loss_weight * diff.detach()
         if self.decoder is not None:
-            rows = self._decoder_rows(z.shape[0])
-            true_obs, _ = self.separate(z[:rows].detach())
+            # A rollout window's extra frames are for the predictor: the decoder sees one window's frames.
+            rows, frames = self._decoder_rows(z.shape[0]), window if rollout else z.shape[1]
+            true_obs, _ = self.separate(z[:rows, :frames].detach())
             images, diff = self.decode_visual(true_obs["visual"])
-            recon = F.mse_loss(images, obs["visual"][:rows])
+            recon = F.mse_loss(images, obs["visual"][:rows, :frames])
             dec_loss = recon + self.latent_loss_weight * diff
             metrics["decoder_recon_loss_reconstructed"] = recon.detach()
             metrics["decoder_vq_loss_reconstructed"] = diff.detach()
@@ -256,15 +260,54 @@ class WorldModel(nn.Module):
         self, z_pred: torch.Tensor, z_tgt: torch.Tensor, metrics: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """The predictor's latent MSE (action channels excluded), its visual / proprio parts into ``metrics``."""
+        w = self.cfg.training.proprio_loss_weight
         if self.concat == "channel":
             vis = slice(None, self.visual_dim)
             prop = slice(self.visual_dim, self.visual_dim + self.proprio_dim)
             metrics["z_visual_loss"] = F.mse_loss(z_pred[..., vis], z_tgt[..., vis]).detach()
             metrics["z_proprio_loss"] = F.mse_loss(z_pred[..., prop], z_tgt[..., prop]).detach()
-            return F.mse_loss(z_pred[..., : -self.action_dim], z_tgt[..., : -self.action_dim])
+            if w == 1:
+                return F.mse_loss(z_pred[..., : -self.action_dim], z_tgt[..., : -self.action_dim])
+            sq = (z_pred[..., : -self.action_dim] - z_tgt[..., : -self.action_dim]).square()
+            return torch.cat([sq[..., vis], w * sq[..., prop]], dim=-1).mean()
         metrics["z_visual_loss"] = F.mse_loss(z_pred[:, :, :-2], z_tgt[:, :, :-2]).detach()
         metrics["z_proprio_loss"] = F.mse_loss(z_pred[:, :, -2], z_tgt[:, :, -2]).detach()
-        return F.mse_loss(z_pred[:, :, :-1], z_tgt[:, :, :-1])
+        if w == 1:
+            return F.mse_loss(z_pred[:, :, :-1], z_tgt[:, :, :-1])
+        sq = (z_pred[:, :, :-1] - z_tgt[:, :, :-1]).square()
+        return torch.cat([sq[:, :, :-1], w * sq[:, :, -1:]], dim=2).mean()
+
+    def _rollout_loss(
+        self,
+        z: torch.Tensor,
+        act: torch.Tensor,
+        z_pred: torch.Tensor,
+        first_loss: torch.Tensor,
+        metrics: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Multi-step latent loss (``training.rollout_steps`` = K > 1) over a window of num_hist + K frames.
+
+        Step 1 is the one-step loss (``first_loss`` of ``z_pred``, teacher-forced as the reference); each later
+        step predicts the next frame from the last num_hist frames of [true context, own predictions], the
+        predictions' action slots set to the true actions, exactly as planning rolls out. Returns the mean over
+        the K steps, gradients flowing through the rollout; ``metrics`` gets the per-step means and
+        ``z_loss_step_k`` (the last step's loss, to see how far predictions drift)."""
+        steps = z.shape[1] - self.num_hist
+        seq = torch.cat([z[:, : self.num_hist], z_pred[:, -1:]], dim=1)
+        total, parts = first_loss, {k: metrics[k] for k in ("z_visual_loss", "z_proprio_loss")}
+        for k in range(1, steps):
+            t = self.num_hist + k  # the frame this step predicts
+            seq = torch.cat([seq[:, :-1], self.replace_actions(seq[:, -1:], act[:, t - 1 : t])], dim=1)
+            z_next = self.predict(seq[:, -self.num_hist :])[:, -1:]
+            step_metrics: dict[str, torch.Tensor] = {}
+            step_loss = self._z_loss(z_next, z[:, t : t + 1].detach(), step_metrics)
+            total = total + step_loss
+            for name, v in step_metrics.items():
+                parts[name] = parts[name] + v
+            seq = torch.cat([seq, z_next], dim=1)
+        metrics.update({name: v / steps for name, v in parts.items()})
+        metrics["z_loss_step_k"] = step_loss.detach()
+        return total / steps
 
     def _sequence_loss(self, z: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """z (B, L, P', D), L > num_hist + num_pred: the mean latent loss of the windows starting every

@@ -193,6 +193,55 @@ def test_decoder_batch_fraction_trains_the_decoder_on_the_first_samples_only():
     )
 
 
+def test_rollout_loss_is_the_planning_rollout_of_the_true_actions():
+    cfg = load_config([*TINY, "predictor.dropout=0", "decoder=none", "training.rollout_steps=3"])
+    h, a = cfg.num_hist, 10  # the action slot's width (action_emb_dim 10, no repeat)
+    assert cfg.num_window_frames == h + 3
+    wm = build_world_model(cfg).train()
+    obs, act = _batch(cfg)
+    loss, metrics = wm.loss(obs, act)
+    z = wm.encode(obs, act)
+    mse = torch.nn.functional.mse_loss
+    # step 1: the reference's teacher-forced loss over the whole context
+    first = mse(wm.predict(z[:, :h])[..., :-a], z[:, 1 : h + 1, :, :-a])
+    # steps 2 and 3: what planning imagines from the same context with the true actions
+    z_obs0 = {k: v[:, :h] for k, v in wm.separate(z)[0].items()}
+    _, z_roll = wm.rollout(None, act[:, : h + 2], z_obs0=z_obs0)
+    later = [mse(z_roll[:, h + k, :, :-a], z[:, h + k, :, :-a]) for k in (1, 2)]
+    torch.testing.assert_close(loss, (first + later[0] + later[1]) / 3)
+    torch.testing.assert_close(metrics["z_loss_step_k"], later[1].detach())
+    # and the gradient flows through the imagined frames, as through the planning rollout (not detached)
+    grads = [
+        torch.autograd.grad(x, list(wm.predictor.parameters())) for x in (loss, (first + sum(later)) / 3)
+    ]
+    for mine, rollout in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, rollout)
+    # one-step training is untouched: the same model and frames with rollout_steps=1 give the reference loss
+    wm.cfg = load_config([*TINY, "predictor.dropout=0", "decoder=none"])
+    window = {k: v[:, : h + 1] for k, v in obs.items()}
+    torch.testing.assert_close(wm.loss(window, act[:, : h + 1])[0], first)
+
+
+@pytest.mark.parametrize("concat", ["channel", "token"])
+def test_proprio_loss_weight_scales_only_the_proprio_errors(concat):
+    base = [*TINY, "predictor.dropout=0", "decoder=none", f"concat={concat}"]
+    wm = build_world_model(load_config(base)).train()
+    obs, act = _batch(load_config(base))
+    _, plain = wm.loss(obs, act)
+    n_vis, n_prop = (64, 10) if concat == "channel" else (16, 1)  # channels / tokens per part
+    wm.cfg = load_config([*base, "training.proprio_loss_weight=7"])
+    loss, weighted = wm.loss(obs, act)
+    # the logged parts stay unweighted; the loss is the mean of [visual, 7 x proprio] squared errors
+    torch.testing.assert_close(weighted["z_proprio_loss"], plain["z_proprio_loss"])
+    expected = (n_vis * plain["z_visual_loss"] + 7 * n_prop * plain["z_proprio_loss"]) / (n_vis + n_prop)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_rollout_steps_refuses_memory_sequence_training():
+    with pytest.raises(ValueError, match="rollout_steps"):
+        load_config([*TINY, "training.rollout_steps=2", "data.sequence_length=8"])
+
+
 def test_z_loss_excludes_action_dims_and_detaches_target():
     cfg = load_config([*TINY, "predictor.dropout=0", "decoder=none"])
     wm = build_world_model(cfg).train()

@@ -84,3 +84,13 @@ def test_missing_dataset_names_the_path(train_overrides, tmp_path):
     cfg = load_config([o for o in train_overrides if not o.startswith("data.path")])
     with pytest.raises(DatasetError, match="data.path is not set"):
         fit(cfg, RecordingHooks(tmp_path))
+
+
+def test_fit_with_a_rollout_loss_reads_longer_windows_and_logs_the_last_step(train_overrides, tmp_path):
+    cfg = load_config([*train_overrides, "training.rollout_steps=2", "training.max_steps=3",
+                       "training.log_every_steps=1", "training.num_val_rollouts=0", "training.val_max_batches=1"])  # fmt: skip
+    hooks = RecordingHooks(tmp_path / "run")
+    result = fit(cfg, hooks)
+    assert result.steps == 3 and result.metrics["val/loss"] > 0
+    logged = {k for _, metrics in hooks.logged for k in metrics}
+    assert {"train/z_loss_step_k", "val/z_loss_step_k"} <= logged, sorted(logged)
