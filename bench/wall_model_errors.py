@@ -30,6 +30,7 @@ from dinowm_core.data.store import TrajectoryStore  # noqa: E402
 from dinowm_core.envs.base import make_env  # noqa: E402
 from dinowm_core.envs.wall import STEP_SCALE, SUCCESS_RADIUS  # noqa: E402
 from dinowm_core.envs.wall_batch import step_batch  # noqa: E402
+from dinowm_core.evaluation import wilson_interval  # noqa: E402
 from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # noqa: E402
 from dinowm_core.planning import make_planner  # noqa: E402
@@ -77,14 +78,16 @@ def step_errors(wm, adapter: ModelAdapter, store: TrajectoryStore, max_blocked: 
     }
 
 
-def closed_loop(wm, adapter: ModelAdapter, per_plan: bool) -> dict[str, float]:
-    cfg = plan_config(wm.cfg, PLANNER)
-    tgts = targets(cfg, [0])[0]
+def closed_loop(
+    wm, adapter: ModelAdapter, per_plan: bool, seed: int = 0, planner_overrides=()
+) -> dict[str, float]:
+    cfg = plan_config(wm.cfg, [*PLANNER, *planner_overrides])
+    tgts = targets(cfg, [seed])[seed]
     env = make_env("wall", img_size=cfg.img_size, **cfg.env.kwargs)
     read = position_reader(wm, adapter)
     planner = make_planner(cfg.planner, wm)
     # each episode's planner RNG stream seeded as the evaluation (and the service's env actors) seed it
-    state = planner.init_state(len(tgts), [episode_stream_seed(0, t.episode_seed) for t in tgts])
+    state = planner.init_state(len(tgts), [episode_stream_seed(seed, t.episode_seed) for t in tgts])
     pos = np.array([t.init_state for t in tgts], np.float64)
     goal = np.array([t.goal_state for t in tgts], np.float64)
     layout = np.array([[t.env_params.get("wall_x", 32), t.env_params.get("door_y", 30)] for t in tgts], float)
@@ -112,7 +115,7 @@ def closed_loop(wm, adapter: ModelAdapter, per_plan: bool) -> dict[str, float]:
             mark = "S" if dist[i] < SUCCESS_RADIUS else "."
             print(f"  {i:2d} {mark} start {t.init_state.round(1).tolist()} goal {t.goal_state.round(1).tolist()} "
                   f"plans (model's end -> true end): {plans[i]}")  # fmt: skip
-    return {"success": float((dist < SUCCESS_RADIUS).mean()), "mean_distance": float(dist.mean())}
+    return {"successes": int((dist < SUCCESS_RADIUS).sum()), "n": len(tgts), "distances": dist.tolist()}
 
 
 def main() -> None:
@@ -121,6 +124,14 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a Wall dataset for the one-step errors")
     ap.add_argument("--per-plan", action="store_true", help="print each plan's expected and true end")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds (20 episodes each)")
+    ap.add_argument(
+        "--planner",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="planner overrides on top of the quickstart's, e.g. planner.cem.var_scale=2",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -130,9 +141,12 @@ def main() -> None:
         wm = load_world_model(ckpt).eval()
         adapter = ModelAdapter(wm, device="cpu")
         errs = step_errors(wm, adapter, store)
-        loop = closed_loop(wm, adapter, args.per_plan)
+        loops = [closed_loop(wm, adapter, args.per_plan, s, args.planner) for s in args.seeds]
+        k, n = sum(lp["successes"] for lp in loops), sum(lp["n"] for lp in loops)
+        lo, hi = wilson_interval(k, n)
+        dist = float(np.mean([d for lp in loops for d in lp["distances"]]))
         print(f"{ckpt} | {errs['blocked_err_px']:.2f} px (n={errs['n_blocked']}) | {errs['free_err_px']:.2f} px "
-              f"(n={errs['n_free']}) | {loop['success']:.2f} | {loop['mean_distance']:.1f} px", flush=True)  # fmt: skip
+              f"(n={errs['n_free']}) | {k / n:.2f} ({lo:.2f}-{hi:.2f}, n={n}) | {dist:.1f} px", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
