@@ -287,27 +287,19 @@ class WorldModel(nn.Module):
     ) -> torch.Tensor:
         """Multi-step latent loss (``training.rollout_steps`` = K > 1) over a window of num_hist + K frames.
 
-        Step 1 is the one-step loss (``first_loss`` of ``z_pred``, teacher-forced as the reference); each later
-        step predicts the next frame from the last num_hist frames of [true context, own predictions], the
-        predictions' action slots set to the true actions, exactly as planning rolls out. Returns the mean over
-        the K steps, gradients flowing through the rollout; ``metrics`` gets the per-step means and
-        ``z_loss_step_k`` (the last step's loss, to see how far predictions drift)."""
-        steps = z.shape[1] - self.num_hist
-        seq = torch.cat([z[:, : self.num_hist], z_pred[:, -1:]], dim=1)
-        total, parts = first_loss, {k: metrics[k] for k in ("z_visual_loss", "z_proprio_loss")}
-        for k in range(1, steps):
-            t = self.num_hist + k  # the frame this step predicts
-            seq = torch.cat([seq[:, :-1], self.replace_actions(seq[:, -1:], act[:, t - 1 : t])], dim=1)
-            z_next = self.predict(seq[:, -self.num_hist :])[:, -1:]
-            step_metrics: dict[str, torch.Tensor] = {}
-            step_loss = self._z_loss(z_next, z[:, t : t + 1].detach(), step_metrics)
-            total = total + step_loss
-            for name, v in step_metrics.items():
-                parts[name] = parts[name] + v
-            seq = torch.cat([seq, z_next], dim=1)
-        metrics.update({name: v / steps for name, v in parts.items()})
-        metrics["z_loss_step_k"] = step_loss.detach()
-        return total / steps
+        Step 1 is the one-step loss (``first_loss`` of ``z_pred``, teacher-forced as the reference); steps 2..K
+        continue from its prediction exactly as :meth:`rollout` imagines (the true actions, own predictions as
+        context). Returns the mean over the K steps, gradients flowing through the rollout; ``metrics`` gets the
+        per-step means and ``z_loss_step_k`` (the last step's loss, to see how far predictions drift)."""
+        h, steps = self.num_hist, z.shape[1] - self.num_hist
+        start = torch.cat([z[:, :h], self.replace_actions(z_pred[:, -1:], act[:, h : h + 1])], dim=1)
+        imagined = self._imagine(start, act[:, : h + steps - 1], lambda w: self.predict(w)[:, -1:])
+        later: dict[str, torch.Tensor] = {}
+        later_loss = self._z_loss(imagined[:, h + 1 :], z[:, h + 1 :].detach(), later)
+        for name, v in later.items():
+            metrics[name] = (metrics[name] + (steps - 1) * v) / steps
+        metrics["z_loss_step_k"] = self._z_loss(imagined[:, -1:].detach(), z[:, -1:], {}).detach()
+        return (first_loss + (steps - 1) * later_loss) / steps
 
     def _sequence_loss(self, z: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """z (B, L, P', D), L > num_hist + num_pred: the mean latent loss of the windows starting every
@@ -367,9 +359,15 @@ class WorldModel(nn.Module):
                 return self.predict(window)[:, -1:]
             return self.predict_memory(window, memory, commit=0)[0][:, -1:]
 
-        for t in range(n, act.shape[1]):
-            z_next = step(z[:, -self.num_hist :])
-            z = torch.cat([z, self.replace_actions(z_next, act[:, t : t + 1])], dim=1)
-        z = torch.cat([z, step(z[:, -self.num_hist :])], dim=1)
+        z = self._imagine(z, act, step)
         z_obs, _ = self.separate(z)
         return z_obs, z
+
+    def _imagine(self, z: torch.Tensor, act: torch.Tensor, step) -> torch.Tensor:
+        """z (B, n, P', D) frames whose actions are set, act (B, N, f*d), N >= n -> z (B, N + 1, P', D): each
+        frame predicted by ``step`` (last num_hist frames -> next frame) from the frames before it, its action
+        slot then set to its action (the last frame keeps its predicted slot)."""
+        for t in range(z.shape[1], act.shape[1]):
+            z_next = step(z[:, -self.num_hist :])
+            z = torch.cat([z, self.replace_actions(z_next, act[:, t : t + 1])], dim=1)
+        return torch.cat([z, step(z[:, -self.num_hist :])], dim=1)
