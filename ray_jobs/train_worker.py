@@ -124,7 +124,12 @@ class RayTrainHooks(TrainHooks):
         import ray.train.torch
 
         _match_grad_strides(module)
-        return ray.train.torch.prepare_model(module, move_to_device=self.device)
+        # the steps between the decoder's turns (training.decoder_every_steps) leave its parameters unused
+        cfg = getattr(getattr(module, "wm", None), "cfg", None)
+        unused = cfg is not None and cfg.training.decoder_every_steps > 1
+        return ray.train.torch.prepare_model(
+            module, move_to_device=self.device, parallel_strategy_kwargs={"find_unused_parameters": unused}
+        )
 
     def make_sampler(self, dataset: Dataset, *, shuffle: bool, seed: int) -> Sampler | None:
         # Every rank sees a disjoint shard; set_epoch(epoch) reseeds the shuffle with seed + epoch.

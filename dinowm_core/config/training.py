@@ -49,6 +49,13 @@ class TrainingConfig(ConfigModel):
         description="fraction of each training batch the decoder learns from (its latents are detached, so "
         "it never affects the predictor); 1 = the whole batch, as the reference; less makes steps cheaper",
     )
+    decoder_every_steps: int = Field(
+        1,
+        ge=1,
+        description="train the decoder on every n-th optimizer step only (from step 0; its latents are detached, "
+        "so the predictor's training is the same); 1 = every step, as the reference; more makes the other "
+        "steps cheaper (on a CPU the decoder is a large part of a step even on one sample)",
+    )
     # Reference: no schedule and no clipping. Ours: both available, reference behaviour by default.
     scheduler: Literal["none", "cosine"] = Field(
         "none", description="learning-rate schedule: none (the reference) or cosine with warmup"

@@ -201,13 +201,14 @@ class WorldModel(nn.Module):
 
     # ---- training loss --------------------------------------------------------------------------
     def loss(
-        self, obs: Obs, act: torch.Tensor, *, decode_pred: bool = True
+        self, obs: Obs, act: torch.Tensor, *, decode_pred: bool = True, train_decoder: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reference ``forward``: z_loss (predictor) + decoder reconstruction on detached true latents.
 
         obs (B, num_hist + num_pred, ...), act (B, num_hist + num_pred, f*d) -> (loss, detached metrics).
         ``decode_pred=False`` skips the logged-only ``decoder_*_pred`` terms (a decoder pass that never
-        affects the loss; the training loop computes them at validation only).
+        affects the loss; the training loop computes them at validation only). ``train_decoder=False`` leaves
+        the decoder out of this loss (``training.decoder_every_steps``: the steps between its turns).
         """
         z = self.encode(obs, act)
         metrics: dict[str, torch.Tensor] = {}
@@ -235,7 +236,7 @@ class WorldModel(nn.Module):
                 metrics["decoder_recon_loss_pred"] = recon
                 metrics["decoder_vq_loss_pred"] = diff.detach()
                 metrics["decoder_loss_pred"] = recon + self.latent_loss_weight * diff.detach()
-        if self.decoder is not None:
+        if self.decoder is not None and train_decoder:
             # A rollout window's extra frames are for the predictor: the decoder sees one window's frames.
             rows, frames = self._decoder_rows(z.shape[0]), window if rollout else z.shape[1]
             true_obs, _ = self.separate(z[:rows, :frames].detach())

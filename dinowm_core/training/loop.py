@@ -74,8 +74,10 @@ class LossModule(nn.Module):
         super().__init__()
         self.wm = wm
 
-    def forward(self, obs: dict[str, torch.Tensor], act: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return self.wm.loss(obs, act, decode_pred=False)
+    def forward(
+        self, obs: dict[str, torch.Tensor], act: torch.Tensor, train_decoder: bool = True
+    ) -> tuple[torch.Tensor, dict]:
+        return self.wm.loss(obs, act, decode_pred=False, train_decoder=train_decoder)
 
 
 def per_worker_batch(batch_size: int, world_size: int, grad_accum: int) -> int:
@@ -93,7 +95,13 @@ def per_worker_batch(batch_size: int, world_size: int, grad_accum: int) -> int:
 
 
 def accumulate_gradients(
-    model: nn.Module, obs: dict, act: torch.Tensor, parts: int, device: torch.device, amp: torch.dtype | None
+    model: nn.Module,
+    obs: dict,
+    act: torch.Tensor,
+    parts: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    train_decoder: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Forward/backward ``parts`` micro-batches; gradients equal one full-batch pass (losses are means, so each
     micro-loss is weighted by its share of the batch). DDP syncs only on the last micro-batch."""
@@ -105,17 +113,21 @@ def accumulate_gradients(
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, amp):
-                loss, metrics = model(o, a)
+                loss, metrics = model(o, a, train_decoder)
             (loss * weight).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v.float() * weight
     return sums
 
 
-def train_step(model, optimizers, schedulers, obs, act, cfg: Config, device, amp) -> dict[str, float]:
+def train_step(
+    model, optimizers, schedulers, obs, act, cfg: Config, device, amp, train_decoder: bool = True
+) -> dict[str, float]:
+    """One optimizer step. With ``train_decoder=False`` the decoder gets no gradient, and its optimizer (which
+    skips parameters without one) leaves it as it is."""
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    metrics = accumulate_gradients(model, obs, act, cfg.training.grad_accum, device, amp)
+    metrics = accumulate_gradients(model, obs, act, cfg.training.grad_accum, device, amp, train_decoder)
     metrics["grad_norm"] = clip_gradients(trainable_parameters(optimizers), cfg.training.grad_clip)
     for opt in optimizers.values():
         opt.step()
@@ -307,25 +319,27 @@ class _Run:
         self.sampler.set_epoch(pos.epoch)
         self.sampler.skip = pos.batch_in_epoch * self.batch
         self.loader_gen.manual_seed(t.seed * 100_003 + pos.epoch)  # worker seeds: a function of (seed, epoch)
-        sums: dict[str, float] = {}
-        window: dict[str, float] = {}
-        n_epoch = n_window = 0
+        # per-key sums and counts: the decoder's metrics come only from the steps it trains on
+        sums: dict[str, list[float]] = {}
+        window: dict[str, list[float]] = {}
+        n_window = 0
         tick = time.perf_counter()
         self.progress.window_start(pos.global_step)
         for obs, act, _ in self.train_loader:
             obs, act = to_device(obs, self.device), to_device(act, self.device)
             metrics = train_step(self.model, self.optimizers, self.schedulers, obs, act, self.cfg,
-                                 self.device, self.amp)  # fmt: skip
+                                 self.device, self.amp, pos.global_step % t.decoder_every_steps == 0)  # fmt: skip
             pos.global_step += 1
             pos.batch_in_epoch += 1
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-                window[k] = window.get(k, 0.0) + v
-            n_epoch += 1
+                for acc in (sums, window):
+                    acc.setdefault(k, [0.0, 0])
+                    acc[k][0] += v
+                    acc[k][1] += 1
             n_window += 1
             if hooks.is_main() and pos.global_step % t.log_every_steps == 0:
                 dt = (time.perf_counter() - tick) / n_window
-                row = {f"train/{k}": v / n_window for k, v in window.items()}
+                row = {f"train/{k}": v / n for k, (v, n) in window.items()}
                 row |= {f"lr/{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
                 row |= {"time/step_s": dt, "time/samples_per_s": self.batch * self.world / dt}
                 hooks.log_metrics(finite(row), pos.global_step)
@@ -346,7 +360,7 @@ class _Run:
                 break
         if pos.batch_in_epoch >= self.steps_per_epoch:
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-        return {f"train/{k}": v / max(n_epoch, 1) for k, v in sums.items()}
+        return {f"train/{k}": v / n for k, (v, n) in sums.items()}
 
     def val_metrics(self) -> tuple[dict[str, float], dict]:
         rollouts = len(self.rollouts) if self.wm.predictor is not None else 0

@@ -94,3 +94,32 @@ def test_fit_with_a_rollout_loss_reads_longer_windows_and_logs_the_last_step(tra
     assert result.steps == 3 and result.metrics["val/loss"] > 0
     logged = {k for _, metrics in hooks.logged for k in metrics}
     assert {"train/z_loss_step_k", "val/z_loss_step_k"} <= logged, sorted(logged)
+
+
+def test_decoder_every_steps_trains_the_decoder_on_its_turns_and_the_predictor_as_before(
+    train_overrides, tmp_path
+):
+    import torch
+
+    def run(name: str, every: int, steps: int):
+        cfg = load_config([*train_overrides, f"training.decoder_every_steps={every}", f"training.max_steps={steps}",
+                           "training.log_every_steps=1", "training.num_val_rollouts=0", "training.val_max_batches=1"])  # fmt: skip
+        hooks = RecordingHooks(tmp_path / name)
+        wm = load_world_model(fit(cfg, hooks).checkpoint)
+        parts = {"decoder": wm.decoder, "predictor": wm.predictor, "action": wm.action_encoder}
+        return {k: torch.cat([p.flatten() for p in m.parameters()]) for k, m in parts.items()}, hooks.logged
+
+    every_step, _ = run("every", 1, 4)
+    turns, logged = run("turns", 3, 4)  # the decoder trains on steps 0 and 3
+    first_turn, _ = run("first", 3, 1)
+    between, _ = run("between", 3, 3)
+    for part in ("predictor", "action"):  # its latents are detached: the same predictor training
+        torch.testing.assert_close(turns[part], every_step[part], rtol=0, atol=0)
+    assert torch.equal(between["decoder"], first_turn["decoder"])  # steps 1 and 2 leave it as it is
+    assert not torch.equal(turns["decoder"], between["decoder"])  # its second turn, step 3
+    assert not torch.equal(turns["decoder"], every_step["decoder"])
+    # per-step rows (logged after each step): decoder metrics only from its turns, z_loss from every step
+    rows = {step: m for step, m in logged if "train/z_loss" in m}
+    assert sorted(rows) == [1, 2, 3, 4]
+    turns_logged = [s for s in sorted(rows) if "train/decoder_loss_reconstructed" in rows[s]]
+    assert turns_logged == [1, 4]
