@@ -53,8 +53,9 @@ class TrainingConfig(ConfigModel):
         1,
         ge=1,
         description="train the decoder on every n-th optimizer step only (from step 0; its latents are detached, "
-        "so the predictor's training is the same); 1 = every step, as the reference; more makes the other "
-        "steps cheaper (on a CPU the decoder is a large part of a step even on one sample)",
+        "so the predictor's training is the same, unless training.grad_clip clips the global norm, which counts "
+        "the decoder's gradients); 1 = every step, as the reference; more makes the other steps cheaper (on a "
+        "CPU the decoder is a large part of a step even on one sample)",
     )
     # Reference: no schedule and no clipping. Ours: both available, reference behaviour by default.
     scheduler: Literal["none", "cosine"] = Field(
