@@ -66,8 +66,8 @@ class PlannerActor:
     def reset(self, episode_seeds: list[int], seed: int) -> None:
         self.policy.reset(episode_seeds, seed)
 
-    def plan(self, obs: dict, goal: dict) -> Any:
-        return self.policy.plan(obs, goal)
+    def plan(self, obs: dict, goal: dict, steps_left: int | None = None) -> Any:
+        return self.policy.plan(obs, goal, steps_left)
 
     def imagine(self, obs0: dict, actions: Any, final: dict, decode: bool) -> dict:
         return self.adapter.imagine(obs0, actions, final, decode)
@@ -83,8 +83,8 @@ class RemotePolicy:
     def reset(self, episode_seeds: list[int], seed: int) -> None:
         ray.get(self.handle.reset.remote(episode_seeds, seed))
 
-    def plan(self, obs: dict, goal: dict) -> Any:
-        return ray.get(self.handle.plan.remote(obs, goal))
+    def plan(self, obs: dict, goal: dict, steps_left: int | None = None) -> Any:
+        return ray.get(self.handle.plan.remote(obs, goal, steps_left))
 
     def imagine(self, obs0: dict, actions: Any, final: dict, decode: bool) -> dict:
         return ray.get(self.handle.imagine.remote(obs0, actions, final, decode))

@@ -147,9 +147,9 @@ class Endpoints:
     def __init__(self, image_format: str) -> None:
         self.image_format = image_format
 
-    def plan(self, obs: Obs, goal: Obs, planner: Any, seed: int) -> Call:
+    def plan(self, obs: Obs, goal: Obs, planner: Any, seed: int, steps_left: int | None = None) -> Call:
         body = {"obs": encode_obs(obs, self.image_format), "goal": encode_obs(goal, self.image_format),
-                "planner": planner_body(planner), "seed": int(seed)}  # fmt: skip
+                "planner": planner_body(planner), "seed": int(seed), "steps_left": steps_left}  # fmt: skip
         return Call("POST", "/v1/plan", _drop_none(body), True, _model("PlanResponse"))
 
     def create_session(self, goal: Obs, planner: Any, seed: int) -> Call:
@@ -160,8 +160,8 @@ class Endpoints:
         }
         return Call("POST", "/v1/sessions", _drop_none(body), False, _model("SessionInfo"))
 
-    def act(self, session_id: str, obs: Obs) -> Call:
-        body = {"obs": encode_obs(obs, self.image_format)}
+    def act(self, session_id: str, obs: Obs, steps_left: int | None = None) -> Call:
+        body = _drop_none({"obs": encode_obs(obs, self.image_format), "steps_left": steps_left})
         return Call("POST", f"/v1/sessions/{session_id}/act", body, False, _model("ActResponse"))
 
     def delete_session(self, session_id: str) -> Call:
@@ -244,17 +244,21 @@ class PlanningClient(_Base):
             return self._outcome(call, r, rid)
         raise AssertionError("unreachable")
 
-    def plan(self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
-        """One open-loop plan (or an MPC planner's first chunk) -> ``PlanResponse``."""
-        return self._send(self.calls.plan(obs, goal, planner, seed))
+    def plan(
+        self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0, steps_left: int | None = None
+    ) -> Any:
+        """One open-loop plan (or an MPC planner's first chunk) -> ``PlanResponse``; ``steps_left`` as in
+        :meth:`act`."""
+        return self._send(self.calls.plan(obs, goal, planner, seed, steps_left))
 
     def create_session(self, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
         """An MPC session towards ``goal`` -> ``SessionInfo`` (``session_id``, ``expires_in_s``)."""
         return self._send(self.calls.create_session(goal, planner, seed))
 
-    def act(self, session_id: str, obs: Obs) -> Any:
-        """The next actions of a session from the current observation -> ``ActResponse``."""
-        return self._send(self.calls.act(session_id, obs))
+    def act(self, session_id: str, obs: Obs, steps_left: int | None = None) -> Any:
+        """The next actions of a session from the current observation -> ``ActResponse``; ``steps_left``:
+        env steps left in the episode's budget, where the plan then ends (default: a full-horizon plan)."""
+        return self._send(self.calls.act(session_id, obs, steps_left))
 
     def delete_session(self, session_id: str) -> None:
         self._send(self.calls.delete_session(session_id))
@@ -333,14 +337,16 @@ class AsyncPlanningClient(_Base):
             return self._outcome(call, r, rid)
         raise AssertionError("unreachable")
 
-    async def plan(self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
-        return await self._send(self.calls.plan(obs, goal, planner, seed))
+    async def plan(
+        self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0, steps_left: int | None = None
+    ) -> Any:
+        return await self._send(self.calls.plan(obs, goal, planner, seed, steps_left))
 
     async def create_session(self, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
         return await self._send(self.calls.create_session(goal, planner, seed))
 
-    async def act(self, session_id: str, obs: Obs) -> Any:
-        return await self._send(self.calls.act(session_id, obs))
+    async def act(self, session_id: str, obs: Obs, steps_left: int | None = None) -> Any:
+        return await self._send(self.calls.act(session_id, obs, steps_left))
 
     async def delete_session(self, session_id: str) -> None:
         await self._send(self.calls.delete_session(session_id))

@@ -39,7 +39,7 @@ from dinowm_core.evaluation.loop import (
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # ModelPolicy's per-episode seeds
 from dinowm_core.evaluation.records import EpisodeOutcome
 from serving import schemas
-from serving.client import AsyncPlanningClient, Endpoints, encode_obs
+from serving.client import AsyncPlanningClient, Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,11 @@ def unsendable_differences(planner_cfg: Any, service_planner: dict[str, Any]) ->
     exact = {"kv_cache", "align", "compile", "chunk_size"}  # the same plans either way (tested in the core)
     out = []
     for key, value in want.items():
-        if key in ("name", "horizon") or key in exact or (key in _OPTIMIZERS and key != kind):
+        if (
+            key in ("name", "horizon", "end_at_budget")
+            or key in exact
+            or (key in _OPTIMIZERS and key != kind)
+        ):
             continue  # another optimizer's settings do not change this planner's plans
         if isinstance(value, dict):
             for sub, v in value.items():
@@ -111,11 +115,20 @@ class ServicePolicy:
 
     ``service``: a base URL, an :class:`AsyncPlanningClient` or a Serve deployment handle (see
     :class:`HandleClient`); ``planner``: planner settings (:func:`planner_params` of the evaluation's
-    config for an exact in-process match; None = the service's defaults); ``client_kwargs`` go to
-    :class:`AsyncPlanningClient` when ``service`` is a URL.
+    config for an exact in-process match; None = the service's defaults); ``end_at_budget``: tell the service
+    how many env steps each episode has left, so that its plans end there (``planner.end_at_budget``);
+    ``client_kwargs`` go to :class:`AsyncPlanningClient` when ``service`` is a URL.
     """
 
-    def __init__(self, service: Any, planner: dict[str, Any] | None = None, **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        service: Any,
+        planner: dict[str, Any] | None = None,
+        *,
+        end_at_budget: bool = False,
+        **client_kwargs: Any,
+    ) -> None:
+        self.end_at_budget = end_at_budget
         self._loop = _LoopThread()
         self.client = self._loop.run(_connect(service, client_kwargs))
         self.planner = dict(planner) if planner else None
@@ -137,16 +150,20 @@ class ServicePolicy:
         self.seeds = [episode_stream_seed(seed, s) for s in episode_seeds]
         self.sessions = [None] * len(self.seeds)
 
-    def plan(self, obs: Obs, goal: Obs, live: Sequence[bool] | None = None) -> np.ndarray:
+    def plan(
+        self, obs: Obs, goal: Obs, live: Sequence[bool] | None = None, steps_left: int | None = None
+    ) -> np.ndarray:
         """obs, goal {"visual": (B, H, W, 3), "proprio": (B, Dp)} -> env actions (B, n, d). ``live`` (B,):
-        the episodes to plan for (default all); the others' rows are zeros and their sessions do not step."""
+        the episodes to plan for (default all); the others' rows are zeros and their sessions do not step.
+        ``steps_left``: env steps left in the live episodes' budget (sent with ``end_at_budget``)."""
         b = len(obs["visual"])
         if b != len(self.seeds):
             raise RuntimeError(f"reset() was given {len(self.seeds)} episodes, plan() {b}")
         rows = list(range(b)) if live is None else [i for i in range(b) if live[i]]
         if not rows:
             raise ValueError("plan() with no live episode")
-        answers = self._loop.run(self._plan_rows(obs, goal, rows))
+        left = steps_left if self.end_at_budget else None
+        answers = self._loop.run(self._plan_rows(obs, goal, rows, left))
         self.batch_sizes = [a.batch_size for a in answers]
         self.requests_answered += len(answers)
         self.planner_calls += sum(1.0 / a.batch_size for a in answers)
@@ -156,17 +173,19 @@ class ServicePolicy:
             out[i] = a
         return out
 
-    async def _plan_rows(self, obs: Obs, goal: Obs, rows: list[int]) -> list[Any]:
+    async def _plan_rows(self, obs: Obs, goal: Obs, rows: list[int], steps_left: int | None) -> list[Any]:
         def row(x: Obs, i: int) -> Obs:
             return {k: v[i] for k, v in x.items()}
 
         async def one(i: int) -> Any:
             if not self.closed_loop:
-                return await self.client.plan(row(obs, i), row(goal, i), self.planner, seed=self.seeds[i])
+                return await self.client.plan(
+                    row(obs, i), row(goal, i), self.planner, self.seeds[i], steps_left
+                )
             if self.sessions[i] is None:
                 info = await self.client.create_session(row(goal, i), self.planner, seed=self.seeds[i])
                 self.sessions[i] = info.session_id
-            return await self.client.act(self.sessions[i], row(obs, i))
+            return await self.client.act(self.sessions[i], row(obs, i), steps_left)
 
         return list(await asyncio.gather(*[one(i) for i in rows]))
 
@@ -191,7 +210,8 @@ def evaluation_policy(service: Any, cfg: Any, *, checkpoint: str | Path | None =
     """The :class:`ServicePolicy` of an evaluation under ``cfg``: its planner settings sent with every
     request; logs a warning when the service's model is not ``checkpoint`` (config digest) or when its
     defaults differ in settings a request cannot carry (plans would then differ from the in-process ones)."""
-    policy = ServicePolicy(service, planner_params(cfg.planner), **client_kwargs)
+    policy = ServicePolicy(service, planner_params(cfg.planner), end_at_budget=cfg.planner.end_at_budget,
+                           **client_kwargs)  # fmt: skip
     info = policy._loop.run(policy.client.models())
     if checkpoint is not None:
         digest = hashlib.sha256((Path(checkpoint) / "config.json").read_bytes()).hexdigest()
@@ -221,16 +241,18 @@ class HandleClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def plan(self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
-        body = Endpoints("raw").plan(obs, goal, planner, seed).body
+    async def plan(
+        self, obs: Obs, goal: Obs, planner: Any = None, seed: int = 0, steps_left: int | None = None
+    ) -> Any:
+        body = Endpoints("raw").plan(obs, goal, planner, seed, steps_left).body
         return await self.handle.plan.remote(schemas.PlanRequest.model_validate(body))
 
     async def create_session(self, goal: Obs, planner: Any = None, seed: int = 0) -> Any:
         body = Endpoints("raw").create_session(goal, planner, seed).body
         return await self.handle.create_session.remote(schemas.SessionCreate.model_validate(body))
 
-    async def act(self, session_id: str, obs: Obs) -> Any:
-        req = schemas.ActRequest.model_validate({"obs": encode_obs(obs)})
+    async def act(self, session_id: str, obs: Obs, steps_left: int | None = None) -> Any:
+        req = schemas.ActRequest.model_validate(Endpoints("raw").act(session_id, obs, steps_left).body)
         return await self.handle.act.remote(session_id, req)
 
     async def delete_session(self, session_id: str) -> None:
@@ -264,20 +286,22 @@ class ServiceEnvActor:
         frameskip: int,
         service: Any,
         planner: dict[str, Any] | None = None,
+        end_at_budget: bool = False,
         oracle_stop: bool = False,
         env_kwargs: dict[str, Any] | None = None,
         client_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.group = EpisodeGroup(env_name, n_slots, img_size=img_size, budget=budget, frameskip=frameskip,
                                   oracle_stop=oracle_stop, env_kwargs=env_kwargs)  # fmt: skip
-        self.policy = ServicePolicy(service, planner, **(client_kwargs or {}))
+        self.budget = budget
+        self.policy = ServicePolicy(service, planner, end_at_budget=end_at_budget, **(client_kwargs or {}))
         self.closed_loop = self.policy.closed_loop
 
     def run(self, targets: list[Any], first_index: int, n_record: int, seed: int) -> list[EpisodeOutcome]:
         """Episodes ``first_index ...`` of evaluation seed ``seed`` to the end of their budget; the first
         ``n_record`` keep their frames."""
         live = _LivePolicy(self.policy, self.group)
-        out = run_batch(Episodes([self.group], [len(targets)]), live, targets, seed, n_record)
+        out = run_batch(Episodes([self.group], [len(targets)]), live, targets, seed, n_record, self.budget)
         for r in out:
             r.metrics.index += first_index
         return out
@@ -299,8 +323,8 @@ class _LivePolicy:
     def reset(self, episode_seeds: list[int], seed: int) -> None:
         self.policy.reset(episode_seeds, seed)
 
-    def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
-        return self.policy.plan(obs, goal, live=~self.group.progress()[0])
+    def plan(self, obs: Obs, goal: Obs, steps_left: int | None = None) -> np.ndarray:
+        return self.policy.plan(obs, goal, live=~self.group.progress()[0], steps_left=steps_left)
 
 
 def evaluate_with_env_actors(
@@ -346,6 +370,7 @@ def evaluate_with_env_actors(
             frameskip=cfg.frameskip,
             service=service,
             planner=planner_params(cfg.planner),
+            end_at_budget=cfg.planner.end_at_budget,
             oracle_stop=e.oracle_stop,
             env_kwargs=cfg.env.kwargs,
             client_kwargs=client_kwargs,

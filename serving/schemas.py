@@ -124,6 +124,9 @@ class PlanRequest(Body):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="the plan's RNG seed: the same request gives the same actions"
     )
+    steps_left: int | None = Field(
+        None, ge=1, le=10**9, description="env steps left in the episode's budget: the plan ends there"
+    )
 
 
 class SessionCreate(Body):
@@ -138,6 +141,14 @@ class ActRequest(Body):
     """``POST /v1/sessions/{id}/act``: the next actions from the current observation."""
 
     obs: Observation = Field(description="the current observation")
+    steps_left: int | None = Field(
+        None,
+        ge=1,
+        le=10**9,
+        description="env steps left in the episode's budget: the plan ends there (its horizon is the model steps "
+        "that cover them, at most the planner's horizon), so the objective scores the episode's last frame; "
+        "unset: a full-horizon plan",
+    )
 
 
 class RolloutRequest(Body):

@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 from dinowm_core.config import ConfigError, PlannerConfig
 from dinowm_core.evaluation.adapter import ModelAdapter, resolve_device
 from dinowm_core.planning.common import discrete_action_set, normalized_zero_action
-from dinowm_core.planning.planner import Planner, PlanState, make_planner
+from dinowm_core.planning.planner import Planner, PlanState, budget_horizon, make_planner
 from dinowm_core.presets import apply_overrides
 from dinowm_core.training.artifacts import to_uint8
 from serving.images import decode_image, png_b64, square
@@ -149,6 +149,9 @@ class _Job:
     seed: int = 0
     goal: dict[str, torch.Tensor] | None = None
     session: tuple[str, SessionRecord, PlanState] | None = None
+    horizon: int | None = (
+        None  # a plan that ends with its episode's budget (``steps_left``); None: the full one
+    )
 
 
 # ---- the service -------------------------------------------------------------------------------------------
@@ -268,6 +271,10 @@ class PlanningService:
             raise RequestError(422, f"{field}.proprio", "values must be finite")
         return self.adapter.obs_to_model({"visual": frame[None], "proprio": proprio[None]})
 
+    def _horizon(self, cfg: PlannerConfig, steps_left: int | None) -> int | None:
+        """The horizon of a plan with ``steps_left`` env steps left in its episode (None: the planner's)."""
+        return None if steps_left is None else budget_horizon(cfg.horizon, self.cfg.frameskip, steps_left)
+
     def _planner(self, cfg: PlannerConfig) -> Planner:
         with self._lock:
             return self._planners.get_or_make(
@@ -295,15 +302,17 @@ class PlanningService:
         z_obs: dict[str, torch.Tensor],
         z_goal: dict[str, torch.Tensor],
         state: PlanState,
+        horizon: int | None = None,
     ) -> tuple[np.ndarray, list[float], PlanState]:
-        """B episodes -> (env actions (B, n, d), costs, next state), in one planner call."""
+        """B episodes -> (env actions (B, n, d), costs, next state), in one planner call (of ``horizon``
+        steps: None = the planner's)."""
         n = state.batch_size
         rows = self._rows(n)
         if len(rows) != n:
             z_obs = {k: v[rows] for k, v in z_obs.items()}
             z_goal = {k: v[rows] for k, v in z_goal.items()}
             state = _stack_states([state] * len(rows)) if n == 1 else state
-        result, nxt = self._planner(cfg).plan(z_obs, z_goal, state)
+        result, nxt = self._planner(cfg).plan(z_obs, z_goal, state, horizon=horizon)
         actions = self.adapter.to_env_actions(result.execute[:n])
         return actions, result.loss[:n].float().tolist(), nxt
 
@@ -312,18 +321,19 @@ class PlanningService:
     def plan(self, requests: Sequence[PlanRequest]) -> list[PlanResponse | RequestError]:
         """One answer per request, in order: a plan, or the RequestError that refused it."""
         out: list[PlanResponse | RequestError | None] = [None] * len(requests)
-        groups: dict[str, list[_Job]] = {}
+        groups: dict[tuple[str, int | None], list[_Job]] = {}
         for i, req in enumerate(requests):
             t0 = time.perf_counter()
             try:
                 cfg = self.planner_config(req.planner)
                 job = _Job(i, cfg, self._prepare(req.obs, "obs"), 0.0, seed=req.seed)
                 job.goal = self._prepare(req.goal, "goal")
+                job.horizon = self._horizon(cfg, req.steps_left)
             except RequestError as e:
                 out[i] = e
                 continue
             job.prep_s = time.perf_counter() - t0
-            groups.setdefault(cfg.model_dump_json(), []).append(job)
+            groups.setdefault((cfg.model_dump_json(), job.horizon), []).append(job)
         for jobs in groups.values():
             t0 = time.perf_counter()
             z_obs = self._encode([j.obs for j in jobs])
@@ -331,7 +341,7 @@ class PlanningService:
             t1 = time.perf_counter()
             planner = self._planner(jobs[0].cfg)
             state = planner.init_state(len(jobs), [j.seed for j in jobs], device=self.device)
-            actions, costs, _ = self._plan_batch(jobs[0].cfg, z_obs, z_goal, state)
+            actions, costs, _ = self._plan_batch(jobs[0].cfg, z_obs, z_goal, state, jobs[0].horizon)
             t2 = time.perf_counter()
             for j, job in enumerate(jobs):
                 out[job.slot] = PlanResponse(
@@ -384,12 +394,13 @@ class PlanningService:
                     raise RequestError(422, "session_id", "the session was created for another model")
                 cfg = self.planner_config(PlannerParams.model_validate_json(record.planner))
                 state = PlanState.from_bytes(record.state)
-                job = _Job(i, cfg, self._prepare(req.obs, "obs"), 0.0, session=(session_id, record, state))
+                job = _Job(i, cfg, self._prepare(req.obs, "obs"), 0.0, session=(session_id, record, state),
+                           horizon=self._horizon(cfg, req.steps_left))  # fmt: skip
             except RequestError as e:
                 out[i] = e
                 continue
             job.prep_s = time.perf_counter() - t0
-            groups.setdefault((cfg.model_dump_json(), _shape_key(state)), []).append(job)
+            groups.setdefault((cfg.model_dump_json(), _shape_key(state), job.horizon), []).append(job)
         for jobs in groups.values():
             t0 = time.perf_counter()
             z_obs = self._encode([j.obs for j in jobs])
@@ -397,7 +408,7 @@ class PlanningService:
             z_goal = {k: torch.cat([g[k] for g in goals]).to(self.device) for k in ("visual", "proprio")}
             t1 = time.perf_counter()
             state = _stack_states([j.session[2] for j in jobs])  # type: ignore[index]
-            actions, costs, nxt = self._plan_batch(jobs[0].cfg, z_obs, z_goal, state)
+            actions, costs, nxt = self._plan_batch(jobs[0].cfg, z_obs, z_goal, state, jobs[0].horizon)
             t2 = time.perf_counter()
             for j, job in enumerate(jobs):
                 session_id, record, old = job.session  # type: ignore[misc]

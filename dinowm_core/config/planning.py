@@ -119,6 +119,13 @@ class PlannerConfig(ConfigModel):
         "*_discrete: CEM over a discrete action set (four_rooms, memory_maze)",
     )  # fmt: skip
     horizon: int = Field(5, description="planning horizon in model steps (each = frameskip env steps)")
+    end_at_budget: bool = Field(
+        False,
+        description="an evaluation's plans end where the episode's env-step budget does: each plan's horizon is "
+        "min(planner.horizon, model steps left), so the objective scores the frame at the budget's end "
+        "(false: every plan is planner.horizon long, as the reference, which has no budget; an MPC plan then "
+        "overshooting the budget is scored on a frame the episode never reaches)",
+    )
     cem: CEMConfig = Field(default_factory=CEMConfig)
     gd: GDConfig = Field(default_factory=GDConfig)
     icem: ICEMConfig = Field(default_factory=ICEMConfig)

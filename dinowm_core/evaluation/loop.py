@@ -155,18 +155,22 @@ def run_batch(
     budget: int | None = None,
 ) -> list[EpisodeOutcome]:
     """Run one batch of episodes to the end of their budget; returns the episode results in target order.
-    ``budget`` (env steps) only sizes the progress lines' step total and ETA."""
+    ``budget`` (env steps) sizes the progress lines' step total and ETA and tells the policy how many steps
+    are left (``planner.end_at_budget``); None: the policy is not told."""
     episodes.reset(targets, [i < n_record for i in range(len(targets))])
     policy.reset([t.episode_seed for t in targets], seed)
     plan_s = np.zeros(len(targets))
     calls = np.zeros(len(targets), np.int64)
+    steps = np.zeros(len(targets), np.int64)
     progress = BatchProgress(episodes, seed, budget)
     while True:
         obs, goal, done = episodes.observe()
         if done.all():
             break
+        # the live episodes run in step; one stopped early by the oracle is ignored
+        left = None if budget is None else int(budget - steps[~done].min())
         t0 = time.perf_counter()
-        actions = np.asarray(policy.plan(obs, goal), np.float64)
+        actions = np.asarray(policy.plan(obs, goal, left), np.float64)
         elapsed = time.perf_counter() - t0
         if actions.ndim != 3 or actions.shape[0] != len(targets) or actions.shape[1] < 1:
             raise RuntimeError(
@@ -174,7 +178,9 @@ def run_batch(
             )
         plan_s[~done] += elapsed / max(1, int((~done).sum()))  # a batched call's time, shared by its episodes
         calls[~done] += 1
-        progress.update(episodes.step(actions))
+        executed = episodes.step(actions)
+        steps += np.asarray(executed, np.int64)
+        progress.update(executed)
         if not policy.closed_loop:
             break
     final, goal, _ = episodes.observe()

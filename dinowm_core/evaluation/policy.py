@@ -4,8 +4,10 @@ A *policy* has two verbs, shaped so that it can sit in the driver, in a Ray acto
 deployment:
 
 * ``reset(episode_seeds, seed)`` before a batch of episodes (clears MPC warm starts, seeds the sampler);
-* ``plan(obs, goal) -> (B, n, d)`` env-unit actions for the next ``n`` env steps of every episode, from a
-  batch of raw observations ``{"visual": uint8 (B, H, W, 3), "proprio": (B, Dp)}`` and goal observations.
+* ``plan(obs, goal, steps_left) -> (B, n, d)`` env-unit actions for the next ``n`` env steps of every episode,
+  from a batch of raw observations ``{"visual": uint8 (B, H, W, 3), "proprio": (B, Dp)}`` and goal
+  observations; ``steps_left``: the env steps left in the episodes' budget (None: unbounded), where plans
+  end with ``planner.end_at_budget``.
 
 :class:`ModelPolicy` plans through a world model with the one planner interface (MPC: ``closed_loop``;
 open-loop CEM/GD: one plan, executed whole), mapping env data through
@@ -23,7 +25,7 @@ import torch
 
 from dinowm_core.evaluation.adapter import ModelAdapter
 from dinowm_core.planning.common import discrete_action_set, normalized_zero_action
-from dinowm_core.planning.planner import Planner, PlanState, make_planner
+from dinowm_core.planning.planner import Planner, PlanState, budget_horizon, make_planner
 
 Obs = dict[str, np.ndarray]
 
@@ -34,7 +36,7 @@ class Policy(Protocol):
 
     def reset(self, episode_seeds: list[int], seed: int) -> None: ...
 
-    def plan(self, obs: Obs, goal: Obs) -> np.ndarray: ...
+    def plan(self, obs: Obs, goal: Obs, steps_left: int | None = None) -> np.ndarray: ...
 
 
 class ModelPolicy:
@@ -56,12 +58,15 @@ class ModelPolicy:
         if memory:
             self.state = replace(self.state, memory={k: v.to(self.adapter.device) for k, v in memory.items()})
 
-    def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
+    def plan(self, obs: Obs, goal: Obs, steps_left: int | None = None) -> np.ndarray:
         if self.state is None or self.state.batch_size != len(obs["visual"]):
             have = "no" if self.state is None else self.state.batch_size
             raise RuntimeError(f"reset() was given {have} episodes, plan() {len(obs['visual'])}")
         z_obs, z_goal = self.adapter.encode(obs), self.adapter.encode(goal)
-        result, self.state = self.planner.plan(z_obs, z_goal, self.state)
+        cfg, horizon = self.planner.cfg, None
+        if steps_left is not None and cfg.end_at_budget:
+            horizon = budget_horizon(cfg.horizon, self.adapter.wm.cfg.frameskip, steps_left)
+        result, self.state = self.planner.plan(z_obs, z_goal, self.state, horizon=horizon)
         return self.adapter.to_env_actions(result.execute)
 
 
@@ -91,7 +96,7 @@ class RandomPolicy:
     def reset(self, episode_seeds: list[int], seed: int) -> None:
         self.rngs = [np.random.default_rng([int(s), 0x5EED]) for s in episode_seeds]
 
-    def plan(self, obs: Obs, goal: Obs) -> np.ndarray:
+    def plan(self, obs: Obs, goal: Obs, steps_left: int | None = None) -> np.ndarray:
         if self.discrete:
             shape = (self.chunk, len(self.low))
             return np.stack(

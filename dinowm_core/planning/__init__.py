@@ -8,7 +8,7 @@ from dinowm_core.planning.icem import icem
 from dinowm_core.planning.mppi import mppi
 from dinowm_core.planning.noise import colored_noise
 from dinowm_core.planning.objectives import objective
-from dinowm_core.planning.planner import Planner, PlanState, make_planner
+from dinowm_core.planning.planner import Planner, PlanState, budget_horizon, make_planner
 from dinowm_core.planning.problem import PlanProblem
 from dinowm_core.planning.rollout import Rollout
 
@@ -19,6 +19,7 @@ __all__ = [
     "PlanState",
     "Planner",
     "Rollout",
+    "budget_horizon",
     "cem",
     "cem_discrete",
     "colored_noise",

@@ -20,6 +20,7 @@ bug 12) and loops until the simulator reports success (``max_iter: null``); here
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -137,6 +138,13 @@ class PlanState:
             warm_elites=tensors.get("warm_elites"),
         )  # fmt: skip
 
+    def cut(self, horizon: int) -> PlanState:
+        """The same state with its warm start (and iCEM's kept elites) at most ``horizon`` steps long: what a
+        shorter plan than the last one can start from."""
+        ws, el = self.warm_start, self.warm_elites
+        return replace(self, warm_start=None if ws is None else ws[:, :horizon],
+                       warm_elites=None if el is None else el[:, :, :horizon])  # fmt: skip
+
     def to(self, device: torch.device | str) -> PlanState:
         """The same state with its action tensors on ``device`` (the RNG states stay on the CPU)."""
         move = {n: getattr(self, n).to(device) for n in ACTION_TENSORS if getattr(self, n) is not None}
@@ -207,9 +215,17 @@ class Planner:
         rng = torch.stack([torch.Generator(dev).manual_seed(int(s)).get_state() for s in seeds])
         return PlanState(rng=rng, rng_device=str(dev), past_actions=past_actions)
 
-    def plan(self, z_obs: Obs, z_goal: Obs, state: PlanState | None = None) -> tuple[PlanResult, PlanState]:
+    def plan(
+        self, z_obs: Obs, z_goal: Obs, state: PlanState | None = None, *, horizon: int | None = None
+    ) -> tuple[PlanResult, PlanState]:
         """z_obs (B, n, ...) current (and earlier) latents, z_goal (B|1, 1, ...) -> (result with ``execute``
-        (B, n_execute, A), the next state). ``state`` None: a fresh state (global-RNG seeds)."""
+        (B, min(n_execute, horizon), A), the next state). ``state`` None: a fresh state (global-RNG seeds).
+        ``horizon``: this call's horizon, at most ``planner.horizon`` (default): an episode's last plans end
+        at its budget (``planner.end_at_budget``); a longer warm start is cut to it."""
+        h = self.cfg.horizon if horizon is None else int(horizon)
+        if not 1 <= h <= self.cfg.horizon:
+            raise ValueError(f"a plan's horizon must be in [1, planner.horizon={self.cfg.horizon}], got {h}")
+        n_execute = min(self.n_execute, h)
         b = z_obs["visual"].shape[0]
         if state is None:
             state = self.init_state(b, device=z_obs["visual"].device)
@@ -218,20 +234,20 @@ class Planner:
         state = state.to(z_obs["visual"].device)  # e.g. a state restored from bytes, planned on a GPU
         memory = self._memory(state, b, z_obs["visual"].device)
         context = state.context_actions(z_obs["visual"].shape[1])
+        if h < self.cfg.horizon:
+            state = state.cut(h)
         problem = PlanProblem(
-            self.wm, self.rollout, z_obs, z_goal, self.cfg.horizon, self.cfg.objective,
+            self.wm, self.rollout, z_obs, z_goal, h, self.cfg.objective,
             context_actions=context, bounds=self.bounds, memory=memory or None,
             chunk_size=getattr(self._section, "chunk_size", None), action_dim=self.action_dim,
         )  # fmt: skip
         gens = state.generators()
         result = self._optimize(problem, state, gens)
-        if result.actions.shape[1] != self.cfg.horizon:
-            raise ValueError(
-                f"the optimizer returned {result.actions.shape[1]} steps, expected {self.cfg.horizon}"
-            )
-        result.execute = result.actions[:, : self.n_execute]
+        if result.actions.shape[1] != h:
+            raise ValueError(f"the optimizer returned {result.actions.shape[1]} steps, expected {h}")
+        result.execute = result.actions[:, :n_execute]
         # iCEM executes its best sequence but shifts its distribution's mean (paper: shift-initialization).
-        tail = result.info.get("mean", result.actions)[:, self.n_execute :]
+        tail = result.info.get("mean", result.actions)[:, n_execute:]
         elites = result.info.get("elites")
         keep = self.closed_loop and tail.shape[1] > 0
         if memory:
@@ -240,7 +256,7 @@ class Planner:
             rng=torch.stack([g.get_state() for g in gens]), rng_device=state.rng_device,
             warm_start=tail.detach().clone() if keep else None,
             past_actions=self._past(state.past_actions, result.execute), step=state.step + 1, memory=memory,
-            warm_elites=elites[:, :, self.n_execute :].detach().clone() if keep and elites is not None else None,
+            warm_elites=elites[:, :, n_execute:].detach().clone() if keep and elites is not None else None,
         )  # fmt: skip
 
     @property
@@ -295,6 +311,14 @@ class Planner:
             return None
         both = executed.detach() if past is None else torch.cat([past.to(executed), executed.detach()], dim=1)
         return both[:, -self.num_past :].clone()
+
+
+def budget_horizon(horizon: int, frameskip: int, steps_left: int) -> int:
+    """The horizon of a plan that ends with its episode's budget: the model steps covering the ``steps_left``
+    env steps left, at most ``horizon`` (the planner's)."""
+    if steps_left < 1 or frameskip < 1:
+        raise ValueError(f"steps_left and frameskip must be >= 1, got {steps_left}, {frameskip}")
+    return min(horizon, math.ceil(steps_left / frameskip))
 
 
 def make_planner(

@@ -84,7 +84,7 @@ class _PushRight:
     def reset(self, episode_seeds, seed):
         self.n = len(episode_seeds)
 
-    def plan(self, obs, goal):
+    def plan(self, obs, goal, steps_left=None):
         return np.tile([1.0, 0.0], (self.n, self.chunk, 1))
 
 
@@ -174,3 +174,24 @@ def test_model_env_mismatch_is_an_error():
         check_model_env(tiny_cfg("frameskip=3"), model)
     with pytest.raises(ValueError, match="trained on env 'wall'"):
         check_model_env(tiny_cfg("env=pusht"), model)
+
+
+@pytest.mark.parametrize("end_at_budget", [False, True])
+def test_end_at_budget_plans_up_to_the_end_of_the_episode(monkeypatch, end_at_budget):
+    """Budget 32 env steps, frameskip 5, MPC horizon 5 executing 3: plans at env steps 0, 15 and 30 have 32, 17
+    and 2 steps left, so with ``planner.end_at_budget`` they plan 5, 4 and 1 model steps (else 5 each)."""
+    from dinowm_core.planning.planner import Planner
+
+    horizons, plan = [], Planner.plan
+
+    def spy(self, z_obs, z_goal, state=None, *, horizon=None):
+        result, nxt = plan(self, z_obs, z_goal, state, horizon=horizon)
+        horizons.append(result.actions.shape[1])
+        return result, nxt
+
+    monkeypatch.setattr(Planner, "plan", spy)
+    cfg = tiny_cfg("eval.n_evals=2", "eval.budget=32", "eval.seeds=[0]", "planner.mpc.n_taken_actions=3",
+                   f"planner.end_at_budget={str(end_at_budget).lower()}")  # fmt: skip
+    result = evaluate(tiny_wm(cfg), cfg)
+    assert horizons == ([5, 4, 1] if end_at_budget else [5, 5, 5])
+    assert all(m.env_steps == 32 and m.plan_calls == 3 for m in result.per_seed[0])

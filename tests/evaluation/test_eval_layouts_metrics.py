@@ -89,7 +89,7 @@ class _Push:
     def reset(self, episode_seeds, seed):
         self.n = len(episode_seeds)
 
-    def plan(self, obs, goal):
+    def plan(self, obs, goal, steps_left=None):
         return np.tile([self.speed, 0.0], (self.n, self.chunk, 1))
 
 

@@ -47,7 +47,7 @@ class WayPolicy:
     def reset(self, episode_seeds, seed, *, memory=None) -> None:
         self.memory = memory
 
-    def plan(self, obs, goal):
+    def plan(self, obs, goal, steps_left=None):
         a = next_action(
             self.env.blocked, obs["proprio"][0].astype(int), tuple(goal["proprio"][0][:2].astype(int))
         )
@@ -57,7 +57,7 @@ class WayPolicy:
 class TurnPolicy(WayPolicy):
     """Turns on the spot: never gets anywhere."""
 
-    def plan(self, obs, goal):
+    def plan(self, obs, goal, steps_left=None):
         return np.array([[[float(LEFT)], [float(LEFT)]]])
 
 

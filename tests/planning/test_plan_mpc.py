@@ -168,3 +168,28 @@ def test_action_bounds_and_zero_action_from_env_units():
     torch.testing.assert_close(b.low, torch.tensor([-1.0, -2.0] * 3))
     torch.testing.assert_close(b.high, torch.tensor([0.0, 2.0] * 3))
     torch.testing.assert_close(normalized_zero_action(norm, 2, 3), torch.tensor([-0.5, 0.0] * 3))
+
+
+def test_a_plan_that_ends_with_the_budget_is_shorter_and_starts_from_the_cut_warm_start(recording):
+    planner = _mpc(horizon=5, n_taken=2)
+    z = latents(torch.zeros(2, 2))
+    _, state = planner.plan(z, z, planner.init_state(2, [0, 1]))  # tail 102, 103, 104 kept
+    second, state = planner.plan(z, z, state, horizon=2)
+    assert torch.equal(recording.inits[1][0, :, 0], torch.tensor([102.0, 103.0]))  # cut to the new horizon
+    assert second.actions.shape == (2, 2, 2)
+    assert torch.equal(second.execute[0, :, 0], torch.tensor([200.0, 201.0]))
+    assert state.warm_start is None  # nothing left untaken
+    last, state = planner.plan(z, z, state, horizon=1)
+    assert last.execute.shape == (2, 1, 2) and state.step == 3  # n_taken 2, but only 1 step was planned
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match=r"horizon must be in \[1, planner.horizon=5\]"):
+            planner.plan(z, z, state, horizon=bad)
+
+
+def test_budget_horizon_covers_the_steps_left_up_to_the_planners_horizon():
+    from dinowm_core.planning import budget_horizon
+
+    assert [budget_horizon(5, 5, left) for left in (50, 25, 24, 21, 20, 5, 1)] == [5, 5, 5, 5, 4, 1, 1]
+    assert budget_horizon(10, 5, 50) == 10 and budget_horizon(10, 5, 26) == 6
+    with pytest.raises(ValueError, match="steps_left and frameskip must be >= 1"):
+        budget_horizon(5, 5, 0)

@@ -140,3 +140,35 @@ def test_a_memory_predictor_session_remembers_each_observed_frame_once():
         assert not isinstance(answer, RequestError), answer
         state = PlanState.from_bytes(service.sessions.get(sid).state)
         assert state.memory["store0.count"].tolist() == [step]  # the frame it planned from, written once
+
+
+def test_steps_left_ends_each_plan_with_the_budget_as_the_evaluation_does(wm):
+    """An act with ``steps_left`` plans what ModelPolicy plans with ``planner.end_at_budget``; sessions with
+    different horizons are planned apart, and a one-off plan ends at its budget too."""
+    from pydantic import ValidationError
+
+    from serving.schemas import PlanRequest
+
+    service, f = PlanningService(wm, source="memory"), wm.cfg.frameskip
+    ids = [session(service, 100, 3), session(service, 101, 4)]
+    cfg = service.planner_config(SessionCreate.model_validate({"goal": obs(0), "planner": PLANNER}).planner)
+    policy = ModelPolicy(ModelAdapter(wm), make_planner(cfg.model_copy(update={"end_at_budget": True}), wm))
+    policy.state = policy.planner.init_state(2, [3, 4])
+    for left, warm in ((4 * f + 1, 3), (2 * f, 1), (1, None)):  # horizons 4, 2, 1 (horizon 4, 1 step taken)
+        frames = [left, left + 1]
+        out = service.act([(sid, ActRequest.model_validate({"obs": obs(s), "steps_left": left}))
+                           for sid, s in zip(ids, frames, strict=True)])  # fmt: skip
+        expected = policy.plan(model_obs(frames), model_obs([100, 101]), left)
+        assert np.array_equal(np.array([o.actions for o in out]), expected) and out[0].batch_size == 2
+        state = PlanState.from_bytes(service.sessions.get(ids[0]).state)
+        assert (None if state.warm_start is None else state.warm_start.shape[1]) == warm
+    fresh = [session(service, 100, 5), session(service, 101, 6)]
+    out = service.act([(sid, ActRequest.model_validate({"obs": obs(1), "steps_left": left}))
+                       for sid, left in zip(fresh, (4 * f, 1), strict=True)])  # fmt: skip
+    assert [o.batch_size for o in out] == [1, 1] and all(len(o.actions) == f for o in out)
+    one_off = {"obs": obs(1), "goal": obs(2), "planner": {"name": "cem", "horizon": 4}}
+    plans = service.plan([PlanRequest.model_validate({**one_off, "steps_left": f + 1}),
+                          PlanRequest.model_validate(one_off)])  # fmt: skip
+    assert [p.n_steps for p in plans] == [2 * f, 4 * f]
+    with pytest.raises(ValidationError, match="steps_left"):
+        ActRequest.model_validate({"obs": obs(1), "steps_left": 0})
