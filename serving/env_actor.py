@@ -151,7 +151,7 @@ class ServicePolicy:
         self.sessions = [None] * len(self.seeds)
 
     def plan(
-        self, obs: Obs, goal: Obs, live: Sequence[bool] | None = None, steps_left: int | None = None
+        self, obs: Obs, goal: Obs, steps_left: int | None = None, *, live: Sequence[bool] | None = None
     ) -> np.ndarray:
         """obs, goal {"visual": (B, H, W, 3), "proprio": (B, Dp)} -> env actions (B, n, d). ``live`` (B,):
         the episodes to plan for (default all); the others' rows are zeros and their sessions do not step.

@@ -170,7 +170,7 @@ def run_batch(
         # the live episodes run in step; one stopped early by the oracle is ignored
         left = None if budget is None else int(budget - steps[~done].min())
         t0 = time.perf_counter()
-        actions = np.asarray(policy.plan(obs, goal, left), np.float64)
+        actions = np.asarray(policy.plan(obs, goal, steps_left=left), np.float64)
         elapsed = time.perf_counter() - t0
         if actions.ndim != 3 or actions.shape[0] != len(targets) or actions.shape[1] < 1:
             raise RuntimeError(

@@ -12,7 +12,7 @@ import pytest
 
 from dinowm_core.evaluation.policy import _mix
 from serving import schemas
-from serving.client import AsyncPlanningClient, Endpoints, encode_obs
+from serving.client import AsyncPlanningClient, Endpoints
 from serving.env_actor import ServicePolicy, planner_params, unsendable_differences
 
 B = 3
@@ -170,18 +170,17 @@ class InProcessService:
                 f.set_exception(r) if isinstance(r, Exception) else f.set_result(r)
         return await fut
 
-    async def plan(self, obs, goal, planner=None, seed=0):
-        body = Endpoints("raw").plan(obs, goal, planner, seed).body
+    async def plan(self, obs, goal, planner=None, seed=0, steps_left=None):
+        body = Endpoints("raw").plan(obs, goal, planner, seed, steps_left).body
         return await self._batched("plan", schemas.PlanRequest.model_validate(body))
 
     async def create_session(self, goal, planner=None, seed=0):
         body = Endpoints("raw").create_session(goal, planner, seed).body
         return self.service.create_session(schemas.SessionCreate.model_validate(body))
 
-    async def act(self, session_id, obs):
-        return await self._batched(
-            "act", (session_id, schemas.ActRequest.model_validate({"obs": encode_obs(obs)}))
-        )
+    async def act(self, session_id, obs, steps_left=None):
+        body = Endpoints("raw").act(session_id, obs, steps_left).body
+        return await self._batched("act", (session_id, schemas.ActRequest.model_validate(body)))
 
     async def delete_session(self, session_id):
         self.service.delete_session(session_id)
@@ -193,19 +192,23 @@ class InProcessService:
         pass
 
 
-@pytest.mark.parametrize("planner", ["mpc_cem", "cem", "mpc_gd"])
+@pytest.mark.parametrize("planner", ["mpc_cem", "cem", "mpc_gd", "mpc_cem end_at_budget"])
 def test_evaluation_through_the_service_matches_in_process(planner):
+    """The same episodes, plans and metrics; with ``planner.end_at_budget`` the env side sends the steps left
+    (budget 18: a plan of 4 model steps, then one of 2) and the service plans as short as the evaluation."""
     from dinowm_core.evaluation.loop import evaluate
     from serving.service import PlanningService
     from tests.evaluation.eval_helpers import tiny_cfg, tiny_wm
 
+    planner, *budget = planner.split()
+    end = ["planner.end_at_budget=true", "eval.budget=18"] if budget else ["eval.budget=20"]
     cfg = tiny_cfg(f"planner={planner}", "planner.cem.num_samples=12", "planner.cem.topk=3",
                    "planner.cem.opt_steps=2", "planner.gd.opt_steps=2", "planner.mpc.n_taken_actions=2",
-                   "eval.n_evals=3", "eval.budget=20", "eval.seeds=[1,2]")  # fmt: skip
+                   "eval.n_evals=3", "eval.seeds=[1,2]", *end)  # fmt: skip
     wm = tiny_wm(cfg)
     local = evaluate(wm, cfg)
     service = InProcessService(PlanningService(tiny_wm(cfg), source="tiny"))
-    policy = ServicePolicy(service, planner_params(cfg.planner))
+    policy = ServicePolicy(service, planner_params(cfg.planner), end_at_budget=cfg.planner.end_at_budget)
     try:
         remote = evaluate(wm, cfg, policy=policy)
     finally:
