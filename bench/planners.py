@@ -41,7 +41,7 @@ from dinowm_core.evaluation import wilson_interval  # noqa: E402
 from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
 from dinowm_core.evaluation.loop import evaluate, layout_dataset, targets_for_seed  # noqa: E402
 from dinowm_core.evaluation.policy import build_policy  # noqa: E402
-from dinowm_core.planning import make_planner  # noqa: E402
+from dinowm_core.planning import budget_horizon, make_planner  # noqa: E402
 from dinowm_core.presets import plan_config  # noqa: E402
 
 log = logging.getLogger("bench.planners")
@@ -148,7 +148,8 @@ class WallSim:
 
 
 def sim_episodes(cfg, wm_sim: WallSim, targets, label: str) -> dict:
-    """MPC episodes of ``cfg.planner`` with the simulator as the model; success after ``eval.budget`` steps."""
+    """MPC episodes of ``cfg.planner`` with the simulator as the model; success after ``eval.budget`` steps
+    (each plan ending with the budget under ``planner.end_at_budget``, as the evaluation plans)."""
     planner = make_planner(cfg.planner, wm_sim)
     pos = np.array([t.init_state for t in targets], np.float64)
     goal = np.array([t.goal_state for t in targets], np.float64)
@@ -160,7 +161,11 @@ def sim_episodes(cfg, wm_sim: WallSim, targets, label: str) -> dict:
     steps, plan_s, rollouts, calls = 0, 0.0, 0, 0
     while steps < cfg.eval.budget:
         t0 = time.perf_counter()
-        result, state = planner.plan(wm_sim.latents(pos[:, None], layout), z_goal, state)
+        left = cfg.eval.budget - steps
+        horizon = (
+            budget_horizon(cfg.planner.horizon, cfg.frameskip, left) if cfg.planner.end_at_budget else None
+        )
+        result, state = planner.plan(wm_sim.latents(pos[:, None], layout), z_goal, state, horizon=horizon)
         plan_s, rollouts, calls = (
             plan_s + time.perf_counter() - t0,
             rollouts + result.info["n_rollouts"],
