@@ -6,9 +6,10 @@
   position against the true one, separately for steps a wall cut short (the true end is >= 2 px from where free
   motion would have put the dot) and free steps. The position is read from the predicted proprio embedding
   (the embedder is linear: least squares through its weights).
-* **closed loop**: MPC-CEM with the quickstart's planner (horizon 5, 100 samples, top 10, 5 iterations, replan
-  every 25 env steps, budget 50) on the 20 random-state episodes of eval seed 0, stepping the batched Wall
-  simulator in-process, each episode's planner random numbers seeded as the evaluation seeds them (so, like
+* **closed loop**: MPC-CEM with the quickstart's planner (``ray_jobs.quickstart.PLAN``: 100 samples, top 10, 5
+  iterations, replan every 25 env steps, budget 50, horizon 10 with plans that end with the budget; the
+  horizon-5 rows of docs/quickstart_results.md are ``--planner planner.horizon=5 planner.end_at_budget=false``)
+  on the 20 random-state episodes of each eval seed, stepping the batched Wall simulator in-process, each episode's planner random numbers seeded as the evaluation seeds them (so, like
   the service's env actors, it should plan what ``dinowm quickstart`` plans). With ``--per-plan`` it prints, per episode and plan, where the model expected the plan to
   end and where it really ended: a model that walks through walls shows here.
 """
@@ -33,14 +34,14 @@ from dinowm_core.envs.wall_batch import step_batch  # noqa: E402
 from dinowm_core.evaluation import wilson_interval  # noqa: E402
 from dinowm_core.evaluation.adapter import ModelAdapter  # noqa: E402
 from dinowm_core.evaluation.policy import _mix as episode_stream_seed  # noqa: E402
-from dinowm_core.planning import make_planner  # noqa: E402
+from dinowm_core.planning import budget_horizon, make_planner  # noqa: E402
 from dinowm_core.presets import plan_config  # noqa: E402
+from ray_jobs.quickstart import PLAN  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from planners import targets  # noqa: E402
 
-PLANNER = ["planner=mpc_cem", "planner.cem.num_samples=100", "planner.cem.topk=10", "planner.cem.opt_steps=5",
-           "eval.n_evals=20", "eval.budget=50", "eval.n_plot_samples=0", "eval.device=cpu"]  # fmt: skip
+PLANNER = [*PLAN, "eval.n_evals=20", "eval.n_plot_samples=0", "eval.device=cpu"]
 
 
 def position_reader(wm, adapter: ModelAdapter):
@@ -101,7 +102,11 @@ def closed_loop(
     steps, plans = 0, [[] for _ in tgts]
     while steps < cfg.eval.budget:
         z0 = adapter.encode(observe(pos))
-        result, state = planner.plan(z0, z_goal, state)
+        left = cfg.eval.budget - steps
+        horizon = (
+            budget_horizon(cfg.planner.horizon, cfg.frameskip, left) if cfg.planner.end_at_budget else None
+        )
+        result, state = planner.plan(z0, z_goal, state, horizon=horizon)
         with torch.inference_mode():
             z, _ = wm.rollout(None, result.execute, z_obs0=z0)
         expected = read(z["proprio"][:, -1])

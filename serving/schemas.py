@@ -26,6 +26,7 @@ MAX_ACTION_DIM = 256
 #: env steps in one action list (a rollout request, a plan response)
 MAX_ACTION_STEPS = 4096
 MAX_SEED = 2**63 - 1
+MAX_STEPS_LEFT = 10**9
 
 PlannerName = Literal["cem", "gd", "icem", "mppi", "mpc_cem", "mpc_gd", "mpc_icem", "mpc_mppi"]
 EnvAction = Annotated[
@@ -125,7 +126,10 @@ class PlanRequest(Body):
         0, ge=0, le=MAX_SEED, description="the plan's RNG seed: the same request gives the same actions"
     )
     steps_left: int | None = Field(
-        None, ge=1, le=10**9, description="env steps left in the episode's budget: the plan ends there"
+        None,
+        ge=1,
+        le=MAX_STEPS_LEFT,
+        description="env steps left in the episode's budget: the plan ends there",
     )
 
 
@@ -144,7 +148,7 @@ class ActRequest(Body):
     steps_left: int | None = Field(
         None,
         ge=1,
-        le=10**9,
+        le=MAX_STEPS_LEFT,
         description="env steps left in the episode's budget: the plan ends there (its horizon is the model steps "
         "that cover them, at most the planner's horizon), so the objective scores the episode's last frame; "
         "unset: a full-horizon plan",
